@@ -1,0 +1,1 @@
+"""Offline retrieval evaluation on BEIR datasets: dense (index + query encoder) and BM25."""

@@ -1,0 +1,21 @@
+"""Retrieval metrics via ir-measures (pytrec_eval backend), never hand-rolled."""
+
+from __future__ import annotations
+
+import ir_measures
+from ir_measures import RR, R, nDCG
+
+from scalingnote.beir import Qrels
+
+Run = dict[str, dict[str, float]]
+MEASURES = {"ndcg@10": nDCG @ 10, "recall@100": R @ 100, "mrr@10": RR @ 10, "recall@10": R @ 10}
+
+
+def evaluate(qrels: Qrels, run: Run) -> dict[str, float]:
+    """Mean of each measure over the judged queries (a query with no results counts as 0)."""
+    judged = {qid: docs for qid, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    agg = ir_measures.calc_aggregate(list(MEASURES.values()), judged, {q: run.get(q, {}) for q in judged})
+    # ir-measures averages over queries present in the run; re-scale so missing queries count as 0
+    present = sum(1 for q in judged if run.get(q))
+    scale = present / len(judged) if judged else 0.0
+    return {name: float(agg.get(m, 0.0)) * scale for name, m in MEASURES.items()}

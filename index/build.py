@@ -1,0 +1,124 @@
+"""Build an index directory: embed a corpus with a doc tower, shard by shard, then publish atomically.
+
+Embedding shards are saved in ``.<out>.partial/`` as they are made, so a killed build resumes from the
+last finished shard. ``--out`` only ever appears complete: the index is written to a staging dir and
+renamed into place (an existing index is swapped atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from index import faiss_backend
+from index.store import DOCS_FILE, INDEX_FILE
+from modeling.tower import Dtype, Tower
+from scalingnote.artifacts import (
+    INDEX_MANIFEST,
+    IndexManifest,
+    checksums,
+    new_version_id,
+    now_iso,
+    publish,
+    staging_dir,
+    write_manifest,
+)
+from scalingnote.beir import Document, load_corpus
+from scalingnote.encoders import doc_space, resolve
+from scalingnote.errors import DatasetError
+
+
+def _fingerprint(docs: list[Document], parts: list[str]) -> str:
+    h = hashlib.sha256("\x1f".join(parts).encode())
+    for d in docs:
+        h.update(d.id.encode() + b"\x1e" + d.full_text.encode() + b"\x1d")
+    return h.hexdigest()
+
+
+def work_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def embed_shards(
+    tower: Tower,
+    docs: list[Document],
+    work: Path,
+    key: str,
+    shard_size: int,
+    batch_size: int,
+    dtype: Dtype,
+    progress: bool,
+) -> np.ndarray:
+    """Embed ``docs`` shard by shard into ``work``, reusing shards a previous run of the same ``key`` left."""
+    if (work / "key").is_file() and (work / "key").read_text() != key:
+        shutil.rmtree(work)
+    (work / "shards").mkdir(parents=True, exist_ok=True)
+    (work / "key").write_text(key)
+    n_shards = (len(docs) + shard_size - 1) // shard_size
+    parts: list[np.ndarray] = []
+    with tqdm(total=len(docs), desc="embed corpus", unit="doc", disable=not progress) as bar:
+        for i in range(n_shards):
+            shard = work / "shards" / f"{i:05d}.npy"
+            chunk = docs[i * shard_size : (i + 1) * shard_size]
+            if shard.is_file():
+                vectors = np.load(shard)
+            else:
+                vectors = tower.encode([d.full_text for d in chunk], batch_size, dtype, progress=False)
+                tmp = shard.with_suffix(".tmp.npy")
+                np.save(tmp, vectors)
+                os.replace(tmp, shard)
+            parts.append(vectors)
+            bar.update(len(chunk))
+    return np.concatenate(parts)
+
+
+def build_index(
+    dataset: Path,
+    doc_encoder: str,
+    out: Path,
+    factory: str = "Flat",
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    dtype: Dtype = "auto",
+    progress: bool = True,
+    tower: Tower | None = None,
+) -> IndexManifest:
+    """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``."""
+    dataset, out = Path(dataset), Path(out)
+    if not dataset.is_dir():
+        raise DatasetError(f"dataset directory not found: {dataset}")
+    docs = list(load_corpus(dataset / "corpus.jsonl").values())
+    ref = resolve(doc_encoder)
+    space = doc_space(ref)
+    if tower is None:
+        tower = Tower.from_pretrained(ref.tower_path("doc"), ident=ref.id)
+    enc = tower.meta.encoder
+    key = _fingerprint(docs, [space.sha256, enc.model_dump_json(), str(shard_size), str(tower.resolve_dtype(dtype))])
+    work = work_dir(out)
+    vectors = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress)
+    index = faiss_backend.build(vectors, factory)
+    tmp = staging_dir(out)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    docs_json = {"ids": [d.id for d in docs], "titles": [d.title for d in docs]}
+    (tmp / DOCS_FILE).write_text(json.dumps(docs_json, ensure_ascii=False), encoding="utf-8")
+    manifest = IndexManifest(
+        version=new_version_id(),
+        doc_tower=space,
+        encoder=enc,
+        count=index.ntotal,
+        factory=factory,
+        dataset=str(dataset.resolve()),
+        created_at=now_iso(),
+        files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
+    )
+    write_manifest(tmp, INDEX_MANIFEST, manifest)
+    publish(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest

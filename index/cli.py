@@ -1,0 +1,32 @@
+"""``scalingnote index …``: build a FAISS index from a BEIR corpus with a doc tower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Build and manage FAISS indexes of doc-tower embeddings.")
+
+
+@app.command("build")
+def build_command(
+    dataset: Annotated[Path, typer.Option(help="BEIR dataset directory (its corpus.jsonl is indexed).")],
+    doc_encoder: Annotated[str, typer.Option(help="Built-in name, model/tower directory or teacher directory.")],
+    out: Annotated[Path, typer.Option(help="Index directory to publish (replaced atomically if present).")],
+    index_factory: Annotated[
+        str, typer.Option(help="FAISS index_factory string: Flat, HNSW32, IVF256,PQ32 …")
+    ] = "Flat",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    shard_size: Annotated[int, typer.Option(min=1, help="Docs per resumable embedding shard.")] = 1024,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs, fp32 for encoders), fp32 or bf16.")] = "auto",
+) -> None:
+    """Embed a corpus with the doc tower and publish index.faiss + docs.json + manifest.json."""
+    from index.build import build_index
+    from scalingnote.errors import UserError
+
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--dtype must be auto, fp32 or bf16, not {dtype!r}")
+    manifest = build_index(dataset, doc_encoder, out, index_factory, batch_size, shard_size, dtype)  # type: ignore[arg-type]
+    typer.echo(f"indexed {manifest.count} docs (dim {manifest.doc_tower.dim}, {manifest.factory}) -> {out}")

@@ -1,0 +1,45 @@
+"""FAISS index creation and GPU selection (faiss-gpu where a GPU is visible, else faiss-cpu)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from scalingnote.errors import UserError
+
+
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    """Move an index to GPU 0 when faiss-gpu sees one and supports the type; else return it unchanged."""
+    if gpu_count() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    except (RuntimeError, AttributeError):  # e.g. HNSW has no GPU implementation
+        return index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex) else index
+
+
+def build(vectors: np.ndarray, factory: str = "Flat") -> faiss.Index:
+    """An inner-product index made by ``faiss.index_factory(dim, factory)``, trained and filled."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise UserError(f"invalid FAISS index factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
+    index = _to_gpu(index)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return to_cpu(index)
+
+
+def prepare_for_search(index: faiss.Index) -> faiss.Index:
+    """The index to search with: on the GPU when there is one."""
+    return _to_gpu(index)

@@ -1,0 +1,1 @@
+"""Torch modeling: towers (backbone + pooling), dual towers, students and losses."""

@@ -1,0 +1,180 @@
+"""A tower: a Hugging Face backbone plus pooling, optional projection and L2 normalisation.
+
+Tokenisation uses the ``tokenizers`` library directly, configured here (truncation, EOS for last-token
+pooling) and saved with the tower, so that the ONNX bundle and the service tokenise identically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import Encoding, Tokenizer
+from torch import nn
+from tqdm.auto import tqdm
+
+from modeling.pooling import pool
+from scalingnote.artifacts import EncoderConfig, TowerMeta
+from scalingnote.encoders import TOWER_JSON, hf_dim
+from scalingnote.tokenization import json_or_empty, load_tokenizer, pad_encodings
+
+Dtype = Literal["auto", "fp32", "bf16"]
+PROJECTION_FILE = "projection.safetensors"
+
+
+def is_decoder(config: dict) -> bool:
+    return bool(config.get("is_decoder")) or any(a.endswith("ForCausalLM") for a in config.get("architectures", []))
+
+
+def default_encoder_config(path: Path) -> EncoderConfig:
+    """Pooling and length a plain HF directory implies (sentence-transformers files when present)."""
+    config = json_or_empty(path / "config.json")
+    st_pool = json_or_empty(path / "1_Pooling" / "config.json")
+    if st_pool.get("pooling_mode_cls_token"):
+        pooling = "cls"
+    elif st_pool.get("pooling_mode_mean_tokens") or not is_decoder(config):
+        pooling = "mean"
+    else:
+        pooling = "last-token"
+    max_length = json_or_empty(path / "sentence_bert_config.json").get("max_seq_length") or 512
+    return EncoderConfig(pooling=pooling, normalize=True, max_length=int(max_length))
+
+
+class Tower(nn.Module):
+    """Backbone → pooling → optional linear projection → optional L2 normalisation."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Tokenizer,
+        pad_id: int,
+        meta: TowerMeta,
+        projection: nn.Linear | None = None,
+        source: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id
+        self.meta = meta
+        self.projection = projection
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: Path | str,
+        *,
+        ident: str | None = None,
+        encoder: EncoderConfig | None = None,
+        projection_dim: int | None = None,
+    ) -> Tower:
+        """Load a HF directory or a saved tower; ``projection_dim`` adds a fresh linear head."""
+        from transformers import AutoModel
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = Path(path)
+        if (path / TOWER_JSON).is_file():
+            meta = TowerMeta.model_validate(json_or_empty(path / TOWER_JSON))
+            if encoder is not None:
+                meta.encoder = encoder
+        else:
+            config = json_or_empty(path / "config.json")
+            enc = encoder or default_encoder_config(path)
+            meta = TowerMeta(
+                id=ident or path.name,
+                backbone=ident or str(path),
+                encoder=enc,
+                dim=hf_dim(path),
+                append_eos=enc.pooling == "last-token" and is_decoder(config),
+            )
+        backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        hidden = hf_dim(path)
+        projection = None
+        if meta.projection:
+            projection = nn.Linear(hidden, meta.dim)
+            projection.load_state_dict(load_file(path / PROJECTION_FILE))
+        elif projection_dim is not None:
+            projection = nn.Linear(hidden, projection_dim)
+            meta = meta.model_copy(update={"projection": True, "dim": projection_dim})
+        tokenizer, pad_id = load_tokenizer(path, meta.encoder.max_length, meta.append_eos)
+        return cls(backbone, tokenizer, pad_id, meta, projection, source=path)
+
+    @property
+    def dim(self) -> int:
+        return self.meta.dim
+
+    @property
+    def is_llm(self) -> bool:
+        return is_decoder(self.backbone.config.to_dict())
+
+    def save(self, path: Path, **updates: object) -> None:
+        """Write weights, tokenizer and ``tower.json`` (``updates`` set meta fields such as id/target)."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.meta = self.meta.model_copy(update=updates)
+        backbone = self.backbone.merge_and_unload() if hasattr(self.backbone, "merge_and_unload") else self.backbone
+        backbone.save_pretrained(path)
+        self.tokenizer.save(str(path / "tokenizer.json"))
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if self.source is not None and (self.source / name).is_file() and self.source != path:
+                shutil.copyfile(self.source / name, path / name)
+        if self.projection is not None:
+            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, path / PROJECTION_FILE)
+        (path / TOWER_JSON).write_text(self.meta.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        vec = pool(hidden, attention_mask, self.meta.encoder.pooling)
+        if self.projection is not None:
+            vec = self.projection(vec.to(self.projection.weight.dtype))
+        return F.normalize(vec, dim=-1) if self.meta.encoder.normalize else vec
+
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        prefix = self.meta.encoder.prefix
+        return self.tokenizer.encode_batch([prefix + t for t in texts])
+
+    def batch(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenised, padded tensors for a training or inference step."""
+        ids, mask = pad_encodings(self.tokenize(texts), self.pad_id)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+    def resolve_dtype(self, dtype: Dtype) -> torch.dtype:
+        """``auto``: bf16 for LLM backbones (2.3x faster on this CPU), fp32 for small encoders (bf16 is slower)."""
+        if dtype == "auto":
+            return torch.bfloat16 if self.is_llm else torch.float32
+        return torch.bfloat16 if dtype == "bf16" else torch.float32
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        dtype: Dtype = "auto",
+        progress: bool = True,
+        desc: str = "encode",
+    ) -> np.ndarray:
+        """Embed ``texts`` in length-sorted batches (less padding); returns float32 [N, dim]."""
+        was_training = self.training
+        self.eval()
+        encodings = self.tokenize(texts)
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        cast = self.resolve_dtype(dtype)
+        device = next(self.parameters()).device
+        with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                ids, mask = pad_encodings([encodings[i] for i in idx], self.pad_id)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cast == torch.bfloat16):
+                    vec = self(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+                out[idx] = vec.float().cpu().numpy()
+                bar.update(len(idx))
+        self.train(was_training)
+        return out

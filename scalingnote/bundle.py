@@ -1,0 +1,89 @@
+"""The ONNX query encoder of a model bundle: tokenizers + ONNX Runtime, no torch.
+
+Graph contract (written by ``scalingnote export``): inputs ``input_ids`` and ``attention_mask``
+(int64, [batch, seq]); output ``sentence_embedding`` (float32, [batch, dim]) with pooling,
+projection and L2 normalisation inside the graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from scalingnote.artifacts import BundleManifest, read_bundle_manifest
+from scalingnote.errors import ArtifactError, UserError
+from scalingnote.tokenization import load_tokenizer, pad_encodings
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "sentence_embedding"
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def pick_variant(manifest: BundleManifest, variant: str) -> str:
+    """``auto`` picks fp16 on a GPU and int8 on a CPU when the bundle has them, else fp32."""
+    if variant != "auto":
+        if variant not in manifest.variants:
+            have = ", ".join(manifest.variants)
+            raise UserError(f"bundle {manifest.name!r} has no {variant!r} variant (has: {have})")
+        return variant
+    preferred = "fp16" if cuda_available() else "int8"
+    return preferred if preferred in manifest.variants else "fp32"
+
+
+def make_session(model: Path, threads: int | None = None):
+    """An ONNX Runtime session on CUDA when available, else CPU with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or 0
+    opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if cuda_available():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(os.fspath(model), sess_options=opts, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for corrupt graphs
+        raise ArtifactError(f"{model}: ONNX Runtime cannot load the graph ({str(exc).splitlines()[0]})") from None
+
+
+class BundleEncoder:
+    """Encode queries with a bundle's ONNX graph; reports which inputs were truncated."""
+
+    def __init__(self, path: Path | str, variant: str = "auto", threads: int | None = None, verify: bool = True):
+        self.path = Path(path)
+        self.manifest = read_bundle_manifest(self.path, verify=verify)
+        self.variant = pick_variant(self.manifest, variant)
+        enc = self.manifest.encoder
+        self.tokenizer, self.pad_id = load_tokenizer(self.path, enc.max_length, append_eos=False)
+        self.session = make_session(self.path / self.manifest.variants[self.variant], threads)
+        self.provider = self.session.get_providers()[0]
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def encode_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """Embeddings [N, dim] (float32) and, per text, whether it was cut to ``max_length`` tokens."""
+        prefix = self.manifest.encoder.prefix
+        encodings = self.tokenizer.encode_batch([prefix + t for t in texts])
+        ids, mask = pad_encodings(encodings, self.pad_id)
+        (vectors,) = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(vectors, dtype=np.float32), [bool(e.overflowing) for e in encodings]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed any number of texts in length-sorted batches."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self.encode_with_flags([texts[i] for i in idx])[0]
+        return out

@@ -1,0 +1,54 @@
+"""Tokenisation shared by towers (torch) and ONNX bundles (serving): the ``tokenizers`` library only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+from tokenizers.processors import TemplateProcessing
+
+from scalingnote.errors import ArtifactError
+
+
+def json_or_empty(path: Path) -> dict:
+    """A JSON file's object, or ``{}`` when the file is absent."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load_tokenizer(path: Path, max_length: int, append_eos: bool) -> tuple[Tokenizer, int]:
+    """The tower's fast tokenizer (truncating, unpadded) and its pad id."""
+    if not (path / "tokenizer.json").is_file():
+        raise ArtifactError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.no_padding()
+    special = json_or_empty(path / "tokenizer_config.json")
+    special |= json_or_empty(path / "special_tokens_map.json")
+    if append_eos:
+        eos = _token(special.get("eos_token"))
+        if eos is None or tok.token_to_id(eos) is None:
+            raise ArtifactError(f"{path}: last-token pooling needs an EOS token")
+        tok.post_processor = TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))])
+    tok.enable_truncation(max_length)
+    pad = _token(special.get("pad_token")) or _token(special.get("eos_token"))
+    pad_id = tok.token_to_id(pad) if pad else None
+    return tok, pad_id if pad_id is not None else 0
+
+
+def _token(value: object) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def pad_encodings(encodings: Sequence[Encoding], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad a batch to its longest member: ``input_ids`` and ``attention_mask`` as int64."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return ids, mask
