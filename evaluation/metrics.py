@@ -15,7 +15,4 @@ def evaluate(qrels: Qrels, run: Run) -> dict[str, float]:
     """Mean of each measure over the judged queries (a query with no results counts as 0)."""
     judged = {qid: docs for qid, docs in qrels.items() if any(r > 0 for r in docs.values())}
     agg = ir_measures.calc_aggregate(list(MEASURES.values()), judged, {q: run.get(q, {}) for q in judged})
-    # ir-measures averages over queries present in the run; re-scale so missing queries count as 0
-    present = sum(1 for q in judged if run.get(q))
-    scale = present / len(judged) if judged else 0.0
-    return {name: float(agg.get(m, 0.0)) * scale for name, m in MEASURES.items()}
+    return {name: float(agg.get(m, 0.0)) for name, m in MEASURES.items()}

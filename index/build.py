@@ -89,6 +89,7 @@ def build_index(
     dtype: Dtype = "auto",
     progress: bool = True,
     tower: Tower | None = None,
+    max_length: int | None = None,
 ) -> IndexManifest:
     """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``."""
     dataset, out = Path(dataset), Path(out)
@@ -99,6 +100,8 @@ def build_index(
     space = doc_space(ref)
     if tower is None:
         tower = Tower.from_pretrained(ref.tower_path("doc"), ident=ref.id)
+    if max_length is not None:
+        tower.set_max_length(max_length)
     enc = tower.meta.encoder
     key = _fingerprint(docs, [space.sha256, enc.model_dump_json(), str(shard_size), str(tower.resolve_dtype(dtype))])
     work = work_dir(out)

@@ -107,6 +107,11 @@ class Tower(nn.Module):
         tokenizer, pad_id = load_tokenizer(path, meta.encoder.max_length, meta.append_eos)
         return cls(backbone, tokenizer, pad_id, meta, projection, source=path)
 
+    def set_max_length(self, max_length: int) -> None:
+        """Change the token budget (truncation) of this tower."""
+        self.meta.encoder = self.meta.encoder.model_copy(update={"max_length": max_length})
+        self.tokenizer.enable_truncation(max_length)
+
     @property
     def dim(self) -> int:
         return self.meta.dim

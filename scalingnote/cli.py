@@ -10,6 +10,7 @@ import typer
 from evaluation.cli import eval_command
 from index.cli import app as index_app
 from scalingnote.errors import UserError
+from service.cli import serve_command
 from training.cli import export_command
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
 app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 @models_app.command("list")

@@ -1,0 +1,5 @@
+"""``python -m scalingnote``."""
+
+from scalingnote.cli import main
+
+main()
