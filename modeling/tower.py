@@ -124,8 +124,9 @@ class Tower(nn.Module):
         """Write weights, tokenizer and ``tower.json`` (``updates`` set meta fields such as id/target)."""
         path.mkdir(parents=True, exist_ok=True)
         self.meta = self.meta.model_copy(update=updates)
-        backbone = self.backbone.merge_and_unload() if hasattr(self.backbone, "merge_and_unload") else self.backbone
-        backbone.save_pretrained(path)
+        if hasattr(self.backbone, "merge_and_unload"):  # LoRA: save plain merged weights
+            self.backbone = self.backbone.merge_and_unload()
+        self.backbone.save_pretrained(path)
         self.tokenizer.save(str(path / "tokenizer.json"))
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if self.source is not None and (self.source / name).is_file() and self.source != path:

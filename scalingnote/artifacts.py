@@ -211,7 +211,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def publish(tmp: Path, final: Path) -> None:
     """Move a finished staging dir to ``final``; an existing ``final`` is replaced atomically."""
     tmp, final = Path(tmp), Path(final)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if not final.exists():
         os.rename(tmp, final)
     elif _exchange(tmp, final):
@@ -221,10 +221,11 @@ def publish(tmp: Path, final: Path) -> None:
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

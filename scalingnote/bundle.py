@@ -38,14 +38,20 @@ def pick_variant(manifest: BundleManifest, variant: str) -> str:
     return preferred if preferred in manifest.variants else "fp32"
 
 
-def make_session(model: Path, threads: int | None = None):
-    """An ONNX Runtime session on CUDA when available, else CPU with ``threads`` intra-op threads."""
+def make_session(model: Path, threads: int | None = None, spin: bool = True):
+    """An ONNX Runtime session on CUDA when available, else CPU with ``threads`` intra-op threads.
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting for work, which leaves the CPU to the
+    other threads of a process (a server's event loop) at the cost of a slower wake-up.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if cuda_available():
         providers.insert(0, "CUDAExecutionProvider")
@@ -58,13 +64,20 @@ def make_session(model: Path, threads: int | None = None):
 class BundleEncoder:
     """Encode queries with a bundle's ONNX graph; reports which inputs were truncated."""
 
-    def __init__(self, path: Path | str, variant: str = "auto", threads: int | None = None, verify: bool = True):
+    def __init__(
+        self,
+        path: Path | str,
+        variant: str = "auto",
+        threads: int | None = None,
+        verify: bool = True,
+        spin: bool = True,
+    ):
         self.path = Path(path)
         self.manifest = read_bundle_manifest(self.path, verify=verify)
         self.variant = pick_variant(self.manifest, variant)
         enc = self.manifest.encoder
         self.tokenizer, self.pad_id = load_tokenizer(self.path, enc.max_length, append_eos=False)
-        self.session = make_session(self.path / self.manifest.variants[self.variant], threads)
+        self.session = make_session(self.path / self.manifest.variants[self.variant], threads, spin)
         self.provider = self.session.get_providers()[0]
 
     @property

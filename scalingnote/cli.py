@@ -11,7 +11,8 @@ from evaluation.cli import eval_command
 from index.cli import app as index_app
 from scalingnote.errors import UserError
 from service.cli import serve_command
-from training.cli import export_command
+from training.cli import app as train_app
+from training.cli import export_command, pipeline_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,6 +24,8 @@ app.add_typer(index_app, name="index")
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
 app.command("export")(export_command)
+app.add_typer(train_app, name="train")
+app.command("pipeline")(pipeline_command)
 app.command("serve")(serve_command)
 
 

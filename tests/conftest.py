@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import random
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+import httpx
 import pytest
 
 from scalingnote.encoders import builtin_path
@@ -87,3 +100,234 @@ def minilm_scifact_index(scifact: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("minilm") / "index"
     build_index(scifact, "minilm-l6", out, progress=False)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# service / index-lifecycle fixtures (issue #4): tiny random-weight BERT towers, their indexes and ONNX
+# bundles, a real `scalingnote serve` subprocess on 127.0.0.1, and the C load generator of bench/serve.
+# ---------------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SCALINGNOTE = Path(sys.executable).with_name("scalingnote")
+WORDS = (
+    "cell protein gene cancer immune virus vaccine blood heart brain risk dose trial patient tumour receptor signal "
+    "pathway mouse human therapy infection growth factor insulin diabetes obesity vitamin bone muscle sleep stress "
+    "memory neuron liver kidney lung skin drug effect response level increase decrease"
+)
+
+
+def write_corpus(path: Path, n_docs: int, seed: int, words_per_doc: int = 12) -> Path:
+    """A BEIR dir with ``n_docs`` random-word documents (ids ``d<seed>-<i>``)."""
+    rng, words = random.Random(seed), WORDS.split()
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "corpus.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(n_docs):
+            title = " ".join(rng.choices(words, k=3)) if i % 3 else ""
+            text = " ".join(rng.choices(words, k=words_per_doc))
+            fh.write(json.dumps({"_id": f"d{seed}-{i}", "title": title, "text": text}) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Space:
+    """A tiny doc tower with a corpus, its index and the bundle that queries it."""
+
+    model: Path
+    corpus: Path
+    index: Path
+    bundle: Path
+
+
+def _space(root: Path, seed: int, n_docs: int) -> Space:
+    from index.build import build_index
+    from training.export import export_bundle
+
+    model = make_tiny_bert(root / "model", seed)
+    corpus = write_corpus(root / "corpus", n_docs, seed)
+    build_index(corpus, str(model), root / "index", progress=False)
+    export_bundle(str(model), root / "bundle", int8=False, log=lambda *_: None)
+    return Space(model, corpus, root / "index", root / "bundle")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Space:
+    """The main tiny space: 200 docs."""
+    return _space(tmp_path_factory.mktemp("tiny"), seed=0, n_docs=200)
+
+
+@pytest.fixture(scope="session")
+def other_space(tmp_path_factory: pytest.TempPathFactory) -> Space:
+    """A second, different tiny tower (other weights, so another embedding space)."""
+    return _space(tmp_path_factory.mktemp("other"), seed=1, n_docs=50)
+
+
+@pytest.fixture(scope="session")
+def second_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another corpus (120 docs) to rebuild the tiny space's index from: same space, new version."""
+    return write_corpus(tmp_path_factory.mktemp("corpus2"), 120, seed=7)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``scalingnote serve`` subprocess."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def search(self, query: str = "protein signal pathway", k: int = 5) -> dict:
+        r = httpx.post(f"{self.url}/search", json={"query": query, "k": k}, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def server_env(**settings: object) -> dict[str, str]:
+    """The environment minus inherited ``SCALINGNOTE_*`` settings, plus ``settings`` as env vars."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALINGNOTE_") or k == "SCALINGNOTE_DATA_DIR"}
+    env |= {f"SCALINGNOTE_{k.upper()}": str(v) for k, v in settings.items()}
+    return env
+
+
+@contextmanager
+def running_server(bundle: Path, index: Path, cwd: Path, ready_timeout: float = 90, **settings: object):
+    """Start ``scalingnote serve`` on a free loopback port and wait for /readyz; stop it (SIGTERM) after."""
+    port = free_port()
+    log = cwd / f"server-{port}.log"
+    cmd = [str(SCALINGNOTE), "serve", "--bundle", str(bundle), "--index", str(index), "--port", str(port)]
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=server_env(**settings), stdout=fh, stderr=subprocess.STDOUT)
+    server = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {ready_timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Callable[..., object]:
+    """``with serve(bundle, index, **settings) as server:`` — a real server for this test."""
+
+    def start(bundle: Path, index: Path, **settings: object):
+        return running_server(bundle, index, tmp_path, **settings)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def loadgen() -> ModuleType:
+    """``bench/serve/loadgen.py`` (the C load generator's driver), with its binary built."""
+    spec = importlib.util.spec_from_file_location("bench_serve_loadgen", REPO / "bench" / "serve" / "loadgen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.BINARY = module.build()
+    return module
+
+
+def index_root(path: Path, *indexes: Path) -> Path:
+    """A versioned index root with ``indexes`` published in order (the last is current)."""
+    from index.versions import publish
+
+    for index in indexes:
+        publish(index, path)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCALINGNOTE), *args], capture_output=True, text=True, timeout=timeout, env=server_env(), check=False
+    )
+
+
+# --------------------------------------------------------------------------------- end of service fixtures ------
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training fixtures (issue #3): a tiny stage-1 teacher trained on the tiny BEIR set, its index, a tiny student.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_tower_config(backbone: Path, **overrides: object):
+    """Stage-1 settings small enough for the tiny BERT and the tiny BEIR set."""
+    from training.towers import TowerConfig
+
+    base = {"backbone": str(backbone), "steps": 2, "batch_size": 4, "negatives": 1, "lr": 1e-3, "doc_max_length": 32}
+    return TowerConfig(**(base | overrides))
+
+
+def tiny_distill_config(backbone: Path, **overrides: object):
+    """Stage-2 settings for a 1-layer student of the tiny BERT, on the tiny set's own queries and text."""
+    from training.distill import DistillConfig, StudentConfig
+
+    base = {
+        "student": StudentConfig(backbone=str(backbone), layers=1, max_length=32),
+        "sources": ["train", "titles", "sentences"],
+        "heldout": 8,
+        "steps": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "eval_every": 1,
+    }
+    return DistillConfig(**(base | overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_model: Path, tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.towers import train_towers
+
+    root = tmp_path_factory.mktemp("teacher")
+    return train_towers(
+        tiny_tower_config(tiny_model), tiny_beir, root / "teacher", work=root / "work", progress=False, log=print
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_index(tiny_teacher: Path, tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from index.build import build_index
+
+    out = tmp_path_factory.mktemp("teacher-index") / "index"
+    build_index(tiny_beir, str(tiny_teacher), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(
+    tiny_model: Path, tiny_teacher: Path, tiny_teacher_index: Path, tiny_beir: Path, tmp_path_factory
+) -> Path:
+    from training.distill import distill
+
+    root = tmp_path_factory.mktemp("student")
+    cfg = tiny_distill_config(tiny_model)
+    out, work = root / "student", root / "work"
+    return distill(cfg, str(tiny_teacher), tiny_beir, out, work=work, index=tiny_teacher_index, progress=False)
+
+
+# -------------------------------------------------------------------------------- end of training fixtures ------

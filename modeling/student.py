@@ -1,0 +1,71 @@
+"""Stage-2 student: the first ``N`` layers of a small encoder plus a linear projection into the teacher's space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modeling.pooling import pool
+from modeling.tower import Tower
+from scalingnote.artifacts import EncoderConfig
+from scalingnote.errors import UserError
+
+
+def cut_layers(backbone: nn.Module, keep: int) -> None:
+    """Keep the first ``keep`` transformer layers of a BERT-like (``encoder.layer``) or Llama-like (``layers``)."""
+    for owner, name in ((getattr(backbone, "encoder", None), "layer"), (backbone, "layers")):
+        layers = getattr(owner, name, None)
+        if isinstance(layers, nn.ModuleList):
+            if not 1 <= keep <= len(layers):
+                raise UserError(f"cannot keep {keep} layers of a {len(layers)}-layer backbone")
+            setattr(owner, name, nn.ModuleList(list(layers)[:keep]))
+            backbone.config.num_hidden_layers = keep
+            if isinstance(getattr(backbone.config, "layer_types", None), list):
+                backbone.config.layer_types = backbone.config.layer_types[:keep]
+            return
+    raise UserError(f"don't know where the layers of {type(backbone).__name__} are")
+
+
+def build_student(path: Path | str, *, ident: str, layers: int, dim: int, encoder: EncoderConfig) -> Tower:
+    """A fresh student: backbone cut to ``layers`` layers, with a new ``hidden → dim`` projection."""
+    tower = Tower.from_pretrained(path, ident=ident, encoder=encoder, projection_dim=dim)
+    cut_layers(tower.backbone, layers)
+    return tower
+
+
+@torch.no_grad()
+def pooled_features(tower: Tower, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+    """The student's pooled vectors before projection and normalisation, float32 [N, hidden]."""
+    was_training = tower.training
+    tower.eval()
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        batch = tower.batch(texts[start : start + batch_size])
+        hidden = tower.backbone(**batch).last_hidden_state
+        parts.append(pool(hidden, batch["attention_mask"], tower.meta.encoder.pooling).float())
+    tower.train(was_training)
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def fit_projection(tower: Tower, features: torch.Tensor, targets: np.ndarray, ridge: float = 1e-2) -> float:
+    """Initialise the projection by ridge regression of ``targets`` on ``features``; returns its max |weight|.
+
+    Plain least squares can blow the weights up to ~1e7 on near-collinear pooled features and leave training
+    stuck; the ridge term (relative to the mean feature variance) keeps them small.
+    """
+    assert tower.projection is not None
+    x = features.double()
+    y = torch.from_numpy(np.asarray(targets)).double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    lam = ridge * gram.diagonal().mean()
+    weight = torch.linalg.solve(gram + lam * torch.eye(gram.size(0), dtype=gram.dtype), xc.T @ yc).T
+    tower.projection.weight.copy_(weight.float())
+    tower.projection.bias.copy_((y_mean - weight @ x_mean).float())
+    return float(weight.abs().max())

@@ -1,0 +1,114 @@
+"""Export: the student bundle queries the teacher's index; the parity gate catches a tampered graph; int8 gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import training.export as export
+from index.store import LoadedIndex
+from modeling.tower import Tower
+from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
+from scalingnote.beir import load_queries
+from scalingnote.bundle import BundleEncoder
+from scalingnote.errors import SpaceMismatchError
+from training.export import (
+    INT8_RECIPES,
+    MAX_INT8_LATENCY,
+    ExportError,
+    SmoothedLinear,
+    export_bundle,
+    ffn_output_matmuls,
+    smooth_ffn,
+)
+
+
+def _queries(tiny_beir: Path) -> list[str]:
+    return [*load_queries(tiny_beir / "queries.jsonl").values(), "cell energy", "lungs virus", "blood heart"]
+
+
+def test_student_bundle_targets_the_teacher_index(tiny_student: Path, tiny_teacher_index: Path, tmp_path: Path) -> None:
+    manifest = export_bundle(str(tiny_student), tmp_path / "b", index_dir=tiny_teacher_index, int8=False, log=print)
+    assert manifest.doc_tower == read_index_manifest(tiny_teacher_index).doc_tower
+    assert manifest.parity["fp32_min_cosine"] >= 0.9999
+    vecs = BundleEncoder(tmp_path / "b").encode(["mitochondria energy"])
+    _, rows = LoadedIndex.load(tiny_teacher_index).search(vecs, 3)
+    assert (rows >= 0).all()
+
+
+def test_export_refuses_an_index_of_another_space(tiny_student: Path, tiny: object, tmp_path: Path) -> None:
+    with pytest.raises(SpaceMismatchError):
+        export_bundle(str(tiny_student), tmp_path / "b", index_dir=tiny.index, int8=False, log=print)
+    assert not (tmp_path / "b").exists()
+
+
+def _tamper(real_export):
+    """Export for real, then scale one weight matrix in the ONNX graph by 1.5."""
+
+    def tampered(tower, path: Path) -> None:
+        real_export(tower, path)
+        model = onnx.load(str(path))
+        init = next(t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] == t.dims[1])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+        onnx.save(model, str(path))
+
+    return tampered
+
+
+def test_parity_gate_fails_a_tampered_graph_and_publishes_nothing(
+    tiny_student: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "export_onnx", _tamper(export.export_onnx))
+    with pytest.raises(ExportError, match="parity gate failed"):
+        export_bundle(str(tiny_student), tmp_path / "b", int8=False, log=print)
+    assert not (tmp_path / "b").exists()
+    assert not list(tmp_path.glob(".b.tmp-*")), "the staging directory must be cleaned up"
+
+
+def test_int8_recipes_are_gated_and_recorded(
+    tiny_student: Path, tiny_teacher_index: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    queries = _queries(tiny_beir)
+    impossible = export_bundle(
+        str(tiny_student), tmp_path / "a", index_dir=tiny_teacher_index, queries=queries, min_overlap=1.01, log=print
+    )
+    assert "int8" not in impossible.variants and not (tmp_path / "a" / "model.int8.onnx").exists()
+    attempts = json.loads((tmp_path / "a" / "quantization.json").read_text())["attempts"]
+    layers = Tower.from_pretrained(tiny_student).backbone.config.num_hidden_layers
+    assert [a["recipe"] for a in attempts] == list(INT8_RECIPES)
+    assert attempts[0]["int8_matmuls"] == 6 * layers  # Q, K, V, attention output, FFN in, FFN out
+    assert len(attempts[1]["fp32_matmuls"]) == layers == len(ffn_output_matmuls(attempts[1]["fp32_matmuls"]))
+    assert len(attempts[2]["fp32_matmuls"]) == 2 * layers
+    assert all(not a["kept"] for a in attempts)
+    assert not (tmp_path / "a" / "model.smoothed.onnx").exists()
+
+    lenient = export_bundle(
+        str(tiny_student), tmp_path / "b", index_dir=tiny_teacher_index, queries=queries, min_overlap=0.0, log=print
+    )
+    attempts = json.loads((tmp_path / "b" / "quantization.json").read_text())["attempts"]
+    faster = [a["recipe"] for a in attempts if a["latency_vs_fp32"] <= MAX_INT8_LATENCY]
+    assert ("int8" in lenient.variants) == bool(faster)
+    assert [a["recipe"] for a in attempts if a["kept"]] == faster[:1]
+    if faster:
+        enc = BundleEncoder(tmp_path / "b", variant="int8")
+        ref = BundleEncoder(tmp_path / "b", variant="fp32").encode(queries)
+        cos = (enc.encode(queries) * ref).sum(1)
+        assert np.all(cos > 0.5) and read_bundle_manifest(tmp_path / "b", verify=True).variants["int8"]
+
+
+def test_smoothing_keeps_the_function_and_wraps_every_ffn_linear(tiny_student: Path, tiny_beir: Path) -> None:
+    tower = Tower.from_pretrained(tiny_student)
+    texts = _queries(tiny_beir)
+    smoothed = smooth_ffn(tower, texts)
+    wrapped = [m for m in smoothed.backbone.modules() if isinstance(m, SmoothedLinear)]
+    assert len(wrapped) == 2 * smoothed.backbone.config.num_hidden_layers
+    assert not any(isinstance(m, SmoothedLinear) for m in tower.backbone.modules()), "the original is untouched"
+    assert any(not torch.allclose(w.inv_scale, torch.ones_like(w.inv_scale)) for w in wrapped)
+    before, after = (t.encode(texts, dtype="fp32", progress=False) for t in (tower, smoothed))
+    np.testing.assert_allclose(after, before, atol=1e-5)

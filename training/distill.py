@@ -1,0 +1,214 @@
+"""Stage 2: distil the teacher's query tower into a small student (query-based knowledge distillation).
+
+Only queries are needed: the teacher's query tower embeds them once (cached), and the student — the first
+``layers`` layers of a small encoder plus a projection into the teacher's space — learns to reproduce those
+embeddings (squared distance + cosine) and, with ``kl_weight``, the teacher's score distribution over its
+top documents (the frozen index vectors; measured on SciFact: nDCG@10 0.608 after 300 steps with it vs
+0.597 after 600 without). The doc tower and its index are untouched, so the student's
+``tower.json`` records the teacher's doc tower as its ``target``: it can only query the teacher's index.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from modeling.losses import EmbeddingDistill, ScoreDistill
+from modeling.student import build_student, fit_projection, pooled_features
+from modeling.tower import Tower, default_encoder_config
+from scalingnote.artifacts import EncoderConfig, staging_dir, weights_sha256
+from scalingnote.beir import load_dataset, load_queries
+from scalingnote.encoders import query_space, resolve
+from scalingnote.errors import UserError
+from scalingnote.paths import data_root
+from training.loop import LoopConfig, fingerprint, publish_trained, train_loop
+
+SENTENCES_PER_DOC = 3
+
+
+class StudentConfig(BaseModel):
+    """The student's shape: which backbone, how many of its layers, how long its queries may be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "minilm-l6"
+    layers: int = 3
+    max_length: int = 64
+    freeze_embeddings: bool = True
+
+
+class DistillConfig(BaseModel):
+    """Stage-2 hyper-parameters. ``sources``: ``train`` (the dataset's train queries), ``titles`` (corpus
+    titles), ``sentences`` (claim-length sentences of the abstracts: in-domain query-like text) or a queries
+    file (relative to the data root). The dataset's test queries are always excluded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: StudentConfig = StudentConfig()
+    sources: list[str] = ["train", "titles", "msmarco-passage-dev-small/queries.tsv"]
+    max_queries: int = 0
+    heldout: int = 256
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup: float = 0.05
+    mse_weight: float = 1.0
+    cos_weight: float = 1.0
+    kl_weight: float = 0.0
+    kl_topk: int = 32
+    kl_temperature: float = 0.05
+    init: Literal["ridge", "random"] = "ridge"
+    ridge: float = 1e-2
+    eval_every: int = 100
+    checkpoint_every_s: float = 300.0
+    seed: int = 0
+
+
+def claim_like(text: str) -> list[str]:
+    """Sentences of 6–40 words (SciFact-style claims are single sentences of that length)."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", text) if 6 <= len(s.split()) <= 40]
+
+
+def distillation_queries(cfg: DistillConfig, dataset: Path) -> list[str]:
+    """Unique query texts from ``cfg.sources`` in a seeded order, never any test query of ``dataset``."""
+    ds = load_dataset(dataset, tuple(s for s in ("train", "test") if (dataset / "qrels" / f"{s}.tsv").is_file()))
+    banned = set(ds.split_queries("test").values()) if "test" in ds.qrels else set()
+    texts: list[str] = []
+    for source in cfg.sources:
+        if source == "train":
+            texts += ds.split_queries("train").values() if "train" in ds.qrels else []
+        elif source == "titles":
+            texts += [d.title for d in ds.corpus.values() if d.title.strip()]
+        elif source == "sentences":
+            texts += [s for d in ds.corpus.values() for s in claim_like(d.text)[:SENTENCES_PER_DOC]]
+        else:
+            path = Path(source) if Path(source).is_absolute() else data_root() / source
+            texts += load_queries(path).values()
+    unique = sorted({t.strip() for t in texts if t.strip()} - banned)
+    order = np.random.default_rng(cfg.seed).permutation(len(unique))
+    chosen = [unique[i] for i in order]
+    return chosen[: cfg.max_queries] if cfg.max_queries else chosen
+
+
+def new_student(cfg: StudentConfig, *, ident: str, dim: int) -> Tower:
+    path = resolve(cfg.backbone).path
+    pooling = default_encoder_config(path).pooling
+    encoder = EncoderConfig(pooling=pooling, max_length=cfg.max_length)
+    student = build_student(path, ident=ident, layers=cfg.layers, dim=dim, encoder=encoder)
+    if cfg.freeze_embeddings:  # the token table is most of a small encoder: freezing it halves the step time
+        student.backbone.get_input_embeddings().weight.requires_grad_(False)
+    return student
+
+
+def agreement(student: Tower, texts: list[str], teacher_vecs: np.ndarray, doc_vecs: np.ndarray | None) -> dict:
+    """Student vs teacher on held-out queries: mean cosine and, given doc vectors, top-10 overlap."""
+    vecs = student.encode(texts, batch_size=128, dtype="fp32", progress=False)
+    out = {"heldout_cos": float((vecs * teacher_vecs).sum(1).mean())}
+    if doc_vecs is not None:
+        k = 10
+        a = np.argpartition(-(vecs @ doc_vecs.T), k, axis=1)[:, :k]
+        b = np.argpartition(-(teacher_vecs @ doc_vecs.T), k, axis=1)[:, :k]
+        out["heldout_top10_overlap"] = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+    return out
+
+
+def top_docs(queries: np.ndarray, docs: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Rows of each query's ``k`` best-scoring docs (unordered), computed in chunks to bound memory."""
+    k = min(k, len(docs) - 1)
+    parts = [
+        np.argpartition(-(queries[i : i + chunk] @ docs.T), k, axis=1)[:, :k] for i in range(0, len(queries), chunk)
+    ]
+    return np.concatenate(parts)
+
+
+def index_vectors(index_dir: Path) -> np.ndarray:
+    """All document vectors of a (flat) index, in row order."""
+    from index.faiss_backend import to_cpu
+    from index.store import LoadedIndex
+
+    loaded = LoadedIndex.load(index_dir)
+    return to_cpu(loaded.index).reconstruct_n(0, loaded.index.ntotal)
+
+
+def distill(
+    cfg: DistillConfig,
+    teacher: str | Path,
+    dataset: Path,
+    out: Path,
+    *,
+    work: Path,
+    index: Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> Path:
+    """Distil ``teacher``'s query tower into a student published at ``out`` (resumes from ``work``)."""
+    torch.manual_seed(cfg.seed)
+    ref = resolve(teacher)
+    space = query_space(ref)
+    queries = distillation_queries(cfg, Path(dataset))
+    heldout, train = queries[: cfg.heldout], queries[cfg.heldout :]
+    teacher_query = ref.tower_path("query")
+    key = fingerprint("distill", cfg.model_dump(), space.model_dump(), queries)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"  # reused across configs
+    if not cache.is_file():
+        tower = Tower.from_pretrained(teacher_query, ident=ref.id)
+        vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")
+        np.save(work / "tmp.npy", vecs)
+        (work / "tmp.npy").replace(cache)
+        del tower
+    targets = np.load(cache)
+    held_t, train_t = targets[: cfg.heldout], torch.from_numpy(targets[cfg.heldout :])
+    log(f"stage 2: {len(train)} distillation queries ({len(heldout)} held out), teacher {ref.id}")
+    student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim)
+    if cfg.init == "ridge":
+        n = min(len(train), 4096)
+        peak = fit_projection(student, pooled_features(student, train[:n]), targets[cfg.heldout :][:n], cfg.ridge)
+        log(f"projection: ridge init on {n} queries, max |w| {peak:.3f}")
+    doc_vecs = index_vectors(index) if index is not None else None
+    embed_loss = EmbeddingDistill(cfg.mse_weight, cfg.cos_weight)
+    rank_loss = ScoreDistill(cfg.kl_temperature)
+    if cfg.kl_weight > 0:
+        if doc_vecs is None:
+            raise UserError("ranking distillation (kl_weight > 0) needs the teacher's index")
+        docs_t = torch.from_numpy(doc_vecs)
+        topk = torch.from_numpy(top_docs(train_t.numpy(), doc_vecs, cfg.kl_topk))
+
+    def step_fn(step: int) -> dict[str, float]:
+        per_epoch = len(train) // cfg.batch_size
+        epoch, pos = divmod(step, per_epoch)
+        idx = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))[pos * cfg.batch_size :][: cfg.batch_size]
+        vecs = student(**student.batch([train[i] for i in idx]))
+        embed = embed_loss(vecs, train_t[idx])
+        metrics = {"embed_loss": embed.item()}
+        loss = embed
+        if cfg.kl_weight > 0:
+            rank = rank_loss(vecs, train_t[idx], docs_t[topk[idx]])
+            loss = loss + cfg.kl_weight * rank
+            metrics["rank_loss"] = rank.item()
+        loss.backward()
+        return {"loss": loss.item(), **metrics}
+
+    every = cfg.checkpoint_every_s
+    loop = LoopConfig(cfg.steps, cfg.lr, cfg.warmup, eval_every=cfg.eval_every, checkpoint_every_s=every)
+    seconds = train_loop(
+        student,
+        step_fn,
+        loop,
+        work=work,
+        key=key,
+        curve=work / "curves.jsonl",
+        desc="stage 2 distill",
+        eval_fn=lambda: agreement(student, heldout, held_t, doc_vecs),
+        progress=progress,
+    )
+    tmp = staging_dir(out)
+    student.save(tmp, role="query", target=space, teacher=ref.id, backbone=cfg.student.backbone)
+    final = agreement(student, heldout, held_t, doc_vecs)
+    info = {"config": cfg.model_dump(), "queries": len(train), "train_seconds": seconds, "heldout": final}
+    return publish_trained(tmp, out, work, info)

@@ -1,0 +1,95 @@
+"""Extra baseline: train the small student on relevance labels against the teacher's frozen doc index.
+
+Not part of the paper's comparison (that is ``end2end``: the student as an ordinary dual tower). Instead of
+imitating the teacher's query tower, the student is trained with InfoNCE over the *whole* corpus of teacher
+doc vectors (read back from the flat index, so no doc tower runs): judged train pairs plus title → document
+pairs, other known positives masked. It queries the teacher's index, like the distilled student.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from modeling.losses import InfoNCE
+from modeling.student import fit_projection, pooled_features
+from scalingnote.artifacts import read_index_manifest, staging_dir
+from scalingnote.beir import load_dataset
+from scalingnote.errors import UserError
+from training.data import doc_key, qrels_examples, title_examples
+from training.distill import StudentConfig, index_vectors, new_student
+from training.loop import LoopConfig, fingerprint, publish_trained, train_loop
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    student: StudentConfig = StudentConfig()
+    split: str = "train"
+    title_pairs: bool = True
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup: float = 0.05
+    temperature: float = 0.05
+    ridge: float = 1e-2
+    checkpoint_every_s: float = 300.0
+    seed: int = 0
+
+
+def train_query_finetune(
+    cfg: FinetuneConfig, index: Path, dataset: Path, out: Path, *, work: Path, progress: bool = True, log=print
+) -> Path:
+    """Train a student against ``index``'s frozen doc vectors and publish it at ``out``."""
+    torch.manual_seed(cfg.seed)
+    manifest = read_index_manifest(index)
+    ds = load_dataset(dataset, (cfg.split,))
+    doc_vecs = torch.from_numpy(index_vectors(index))
+    ids = json.loads((index / "docs.json").read_text(encoding="utf-8"))["ids"]
+    row = {d: i for i, d in enumerate(ids)}
+    examples = qrels_examples(ds, cfg.split) + (title_examples(ds.corpus) if cfg.title_pairs else [])
+    examples = [e for e in examples if e.positive in row]
+    if len(examples) < cfg.batch_size:
+        raise UserError(f"only {len(examples)} training pairs match documents of {index}")
+    queries = [e.query for e in examples]
+    target = torch.tensor([row[e.positive] for e in examples])
+    width = max(len(e.relevant) for e in examples)
+    positive_keys = torch.full((len(examples), width), -1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        positive_keys[i, : len(e.relevant)] = torch.tensor([doc_key(d) for d in sorted(e.relevant)])
+    doc_keys = torch.tensor([doc_key(d) for d in ids])
+    key = fingerprint(
+        "query-finetune", cfg.model_dump(), manifest.doc_tower.model_dump(), manifest.version, len(examples)
+    )
+    student = new_student(cfg.student, ident=f"finetune-{key[:8]}", dim=manifest.doc_tower.dim)
+    n = min(len(examples), 4096)
+    peak = fit_projection(student, pooled_features(student, queries[:n]), doc_vecs[target[:n]].numpy(), cfg.ridge)
+    log(
+        f"query fine-tune baseline: {len(examples)} pairs against {len(ids)} frozen doc vectors"
+        f" (init max |w| {peak:.3f})"
+    )
+    loss_fn = InfoNCE(cfg.temperature, gather=False)
+
+    def step_fn(step: int) -> dict[str, float]:
+        per_epoch = len(examples) // cfg.batch_size
+        epoch, pos = divmod(step, per_epoch)
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(examples))
+        idx = torch.from_numpy(perm[pos * cfg.batch_size :][: cfg.batch_size])
+        q = student(**student.batch([queries[i] for i in idx]))
+        loss = loss_fn(q, doc_vecs, target[idx], doc_keys, positive_keys[idx])
+        loss.backward()
+        return {"loss": loss.item()}
+
+    loop = LoopConfig(cfg.steps, cfg.lr, cfg.warmup, checkpoint_every_s=cfg.checkpoint_every_s)
+    curve = work / "curves.jsonl"
+    seconds = train_loop(
+        student, step_fn, loop, work=work, key=key, curve=curve, desc="query fine-tune", progress=progress
+    )
+    tmp = staging_dir(out)
+    student.save(tmp, role="query", target=manifest.doc_tower, teacher=manifest.doc_tower.id)
+    info = {"config": cfg.model_dump(), "pairs": len(examples), "train_seconds": seconds}
+    return publish_trained(tmp, out, work, info)
