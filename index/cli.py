@@ -40,16 +40,31 @@ def rebuild_command(
     dataset: Annotated[Path, typer.Option(help="BEIR dataset directory (its corpus.jsonl is indexed).")],
     doc_encoder: Annotated[str, typer.Option(help="Built-in name, model/tower directory or teacher directory.")],
     root: Annotated[Path, typer.Option(help="Index root: builds ROOT/versions/<id>, then repoints ROOT/current.")],
-    keep: Annotated[int, typer.Option(min=1, help="Versions to keep (current is never deleted).")] = 3,
+    keep: Annotated[
+        int, typer.Option(min=1, envvar="SCALINGNOTE_KEEP_VERSIONS", help="Versions to keep (current never goes).")
+    ] = 3,
     index_factory: Annotated[str, typer.Option(help="FAISS index_factory string.")] = "Flat",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     shard_size: Annotated[int, typer.Option(min=1, help="Docs per resumable embedding shard.")] = 1024,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs, fp32 for encoders), fp32 or bf16.")] = "auto",
+    max_length: Annotated[int | None, typer.Option(min=8, help="Doc token budget (default: the tower's).")] = None,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from index.versions import rebuild
+    from scalingnote.errors import UserError
 
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--dtype must be auto, fp32 or bf16, not {dtype!r}")
     manifest = rebuild(
-        root, dataset, doc_encoder, keep, factory=index_factory, batch_size=batch_size, shard_size=shard_size
+        root,
+        dataset,
+        doc_encoder,
+        keep,
+        factory=index_factory,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        dtype=dtype,
+        max_length=max_length,
     )
     typer.echo(f"version {manifest.version}: {manifest.count} docs -> {root}/current")
 
@@ -58,7 +73,9 @@ def rebuild_command(
 def publish_command(
     index: Annotated[Path, typer.Option(help="A built index directory (scalingnote index build --out).")],
     root: Annotated[Path, typer.Option(help="Index root to adopt it into as a new version (made current).")],
-    keep: Annotated[int, typer.Option(min=1, help="Versions to keep (current is never deleted).")] = 3,
+    keep: Annotated[
+        int, typer.Option(min=1, envvar="SCALINGNOTE_KEEP_VERSIONS", help="Versions to keep (current never goes).")
+    ] = 3,
 ) -> None:
     """Adopt an already-built index directory as the current version of an index root."""
     from index.versions import publish

@@ -1,0 +1,522 @@
+"""Serving benchmark of ``scalingnote serve`` against three baselines (not a test; loopback only, bounded).
+
+    .venv/bin/python bench/serve/run.py                    # full run (about 20 min on 2 cores)
+    .venv/bin/python bench/serve/run.py --quick            # a few seconds per point, to try the harness
+
+Systems, each started as its own process on 127.0.0.1 and measured in turn with the C load generator:
+
+* ``service``: this app, dynamic batching on (the settings in force, see service/README.md);
+* ``a_no_batching``: this app with ``SCALINGNOTE_MAX_BATCH_SIZE=1``;
+* ``b_naive_torch``: bench/serve/naive_torch.py, a plain FastAPI endpoint running transformers+torch per request;
+* ``c_infinity``: infinity-emb (its ONNX/optimum engine, own venv in .cache/) serving the query tower's
+  backbone, embeddings only (no FAISS), if it installs (``--infinity-venv``; see install_infinity.sh).
+
+Per system: a closed loop at each ``--concurrency`` and an open loop (fixed rate, latency from the scheduled
+send time) at each ``--rates``; the open loop stops at the first rate where the system saturates. For the
+service it also finds the highest rate holding p99 <= ``--slo-ms`` and holds ``--hold-rate`` for
+``--hold-duration``. Writes results.json, latency_vs_throughput.png and a table in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import loadgen
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+README = REPO / "bench" / "README.md"
+BENCH_BLOCK, TUNE_BLOCK = "serve-bench", "serve-tuning"
+SATURATED_P99_MS = 1000.0
+
+
+@dataclass
+class System:
+    """A server process to benchmark."""
+
+    name: str
+    label: str
+    cmd: list[str]
+    path: str
+    bodies: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
+    ready_path: str = "/readyz"
+
+
+@dataclass
+class Running:
+    system: System
+    proc: subprocess.Popen
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live child processes (uvicorn --workers), all threads."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start(system: System, log_dir: Path, ready_timeout: float = 300) -> Running:
+    port = free_port()
+    cmd = [c.replace("{port}", str(port)) for c in system.cmd]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALINGNOTE_")} | system.env
+    log = (log_dir / f"{system.name}.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=system.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system.name} exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{system.ready_path}", timeout=2).status_code == 200:
+                return Running(system, proc, port)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{system.name} not ready after {ready_timeout} s")
+        time.sleep(0.25)
+
+
+def stop(running: Running) -> None:
+    running.proc.send_signal(signal.SIGTERM)
+    try:
+        running.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        running.proc.kill()
+        running.proc.wait()
+
+
+def measure(running: Running, binary: Path, **load: Any) -> dict:
+    """One bounded load run, plus the server's and the load generator's CPU use (cores) and the load average."""
+    before_srv = cpu_seconds(running.proc.pid)
+    before_gen = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    result = loadgen.run(binary, running.port, running.system.bodies, path=running.system.path, timeout=10, **load)
+    wall = time.monotonic() - started
+    after_gen = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats = result.stats()
+    stats["server_cpu_cores"] = round((cpu_seconds(running.proc.pid) - before_srv) / wall, 2)
+    gen_cpu = (after_gen.ru_utime + after_gen.ru_stime) - (before_gen.ru_utime + before_gen.ru_stime)
+    stats["loadgen_cpu_cores"] = round(gen_cpu / wall, 3)
+    stats["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    p = stats["latency_ms"]
+    print(
+        f"  {running.system.name:14} {stats['mode']:6} {load.get('rate') or load.get('concurrency'):>6}: "
+        f"{stats['throughput_rps']:7.1f} req/s  p50 {p.get('p50', float('nan')):8.2f}  "
+        f"p99 {p.get('p99', float('nan')):8.2f} ms  failed {stats['failed']}  "
+        f"cpu srv {stats['server_cpu_cores']} gen {stats['loadgen_cpu_cores']}",
+        flush=True,
+    )
+    return stats
+
+
+def saturated(stats: dict) -> bool:
+    return stats["failed"] > 0.01 * stats["requests"] or stats["latency_ms"].get("p99", 1e9) > SATURATED_P99_MS
+
+
+def holds(stats: dict, slo_ms: float) -> bool:
+    return stats["failed"] == 0 and stats["latency_ms"].get("p99", 1e9) <= slo_ms
+
+
+def bench_system(running: Running, binary: Path, args: argparse.Namespace, is_service: bool) -> dict:
+    out: dict = {"closed": [], "open": []}
+    loadgen.run(
+        binary, running.port, running.system.bodies, path=running.system.path, concurrency=8, duration=args.warmup
+    )
+    for c in args.concurrency:
+        out["closed"].append(measure(running, binary, concurrency=c, duration=args.closed_duration))
+    saturated_at = None
+    for rate in args.rates:
+        if saturated_at is not None:
+            out["open"].append({"mode": "open", "rate": rate, "skipped": f"saturated at {saturated_at} req/s"})
+            continue
+        stats = measure(running, binary, rate=rate, duration=args.duration)
+        out["open"].append(stats)
+        if saturated(stats):
+            saturated_at = rate
+    out["saturation_rps"] = max(s["throughput_rps"] for s in out["closed"] + out["open"] if "skipped" not in s)
+    if is_service:
+        out["max_rate_within_slo"] = max_rate(running, binary, args, out["open"])
+        if args.hold_duration > 0:
+            out["hold"] = measure(running, binary, rate=args.hold_rate, duration=args.hold_duration)
+    return out
+
+
+def max_rate(running: Running, binary: Path, args: argparse.Namespace, sweep: list[dict]) -> dict:
+    """Highest fixed rate with p99 <= SLO and no failure: the sweep, then bisection between pass and fail."""
+    measured = [s for s in sweep if "skipped" not in s]
+    ok = [s["rate"] for s in measured if holds(s, args.slo_ms)]
+    lo = max(ok, default=0.0)
+    hi = min((s["rate"] for s in measured if s["rate"] > lo and not holds(s, args.slo_ms)), default=None)
+    probes: list[dict] = []
+    while hi is not None and len(probes) < args.bisect_steps and hi - lo > 10:
+        mid = round((lo + hi) / 2)
+        stats = measure(running, binary, rate=mid, duration=args.bisect_duration)
+        probes.append(stats)
+        lo, hi = (mid, hi) if holds(stats, args.slo_ms) else (lo, mid)
+    return {"slo_p99_ms": args.slo_ms, "rate": lo, "first_failing_rate": hi, "probes": probes}
+
+
+def infinity_system(args: argparse.Namespace, bodies: Path, work: Path) -> System | str:
+    """The infinity-emb system, or the reason it cannot run here."""
+    venv = Path(args.infinity_venv)
+    exe = venv / "bin" / "infinity_emb"
+    if not exe.is_file():
+        proc = subprocess.run(
+            ["bash", str(HERE / "install_infinity.sh"), str(venv)], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0 or not exe.is_file():
+            return f"infinity-emb did not install: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+    from scalingnote.encoders import resolve
+
+    backbone = resolve(args.query_model).tower_path("query")
+    model_dir = work / f"infinity-{hashlib.sha256(str(backbone).encode()).hexdigest()[:12]}"
+    if not (model_dir / "model.onnx").is_file():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        cli = venv / "bin" / "optimum-cli"
+        proc = subprocess.run(
+            [str(cli), "export", "onnx", "--model", str(backbone), "--task", "feature-extraction", str(model_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        )
+        if proc.returncode != 0:
+            return f"optimum ONNX export for infinity failed: {proc.stderr.strip().splitlines()[-1:]}"
+    return System(
+        "c_infinity",
+        "(c) infinity-emb (ONNX, embeddings only)",
+        [
+            str(exe),
+            "v2",
+            "--model-id",
+            ".",
+            "--engine",
+            "optimum",
+            "--device",
+            "cpu",
+            "--pooling-method",
+            "mean",
+            "--batch-size",
+            "32",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--no-vector-disk-cache",
+        ],
+        "/embeddings",
+        bodies,
+        env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
+        cwd=model_dir,
+        ready_path="/health",
+    )
+
+
+def write_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_open, ax_closed) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, res in enumerate(results["systems"].values()):
+        if "open" not in res:
+            continue
+        color = f"C{i}"
+        runs = [s for s in res["open"] if "skipped" not in s and "p99" in s["latency_ms"]]
+        x = [s["throughput_rps"] for s in runs]
+        ax_open.plot(x, [s["latency_ms"]["p99"] for s in runs], "o-", color=color, label=f"{res['label']} p99")
+        ax_open.plot(x, [s["latency_ms"]["p50"] for s in runs], "x--", color=color, alpha=0.6, label="p50")
+        closed = [s for s in res["closed"] if "p99" in s["latency_ms"]]
+        ax_closed.plot(
+            [s["throughput_rps"] for s in closed],
+            [s["latency_ms"]["p99"] for s in closed],
+            "s-",
+            color=color,
+            label=res["label"],
+        )
+        for s in closed:
+            ax_closed.annotate(f"c={s['concurrency']}", (s["throughput_rps"], s["latency_ms"]["p99"]), fontsize=7)
+    slo = results["config"]["slo_ms"]
+    for ax, title in ((ax_open, "open loop (fixed rate)"), (ax_closed, "closed loop (concurrency 1/8/32)")):
+        ax.axhline(slo, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (2xx req/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_open.legend(fontsize=7, loc="best")
+    ax_closed.legend(fontsize=7)
+    fig.suptitle(f"/search latency vs throughput, {results['machine']['cores']} cores, loopback")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    cfg, systems = results["config"], results["systems"]
+    lines = [
+        "## Serving: `/search` latency and throughput (`bench/serve`)",
+        "",
+        f"`{cfg['command']}` — {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['started']}, {results['wall_s'] / 60:.0f} min. Bundle `{cfg['bundle_name']}` "
+        f"({cfg['variant']}), index {cfg['index_docs']} docs; queries: MS MARCO dev-small, k=10. "
+        "Load from `bench/serve/loadgen.c` on the same machine (open loop: latency counted from each request's "
+        "scheduled time). Load average during the runs is in results.json.",
+        "",
+    ]
+    if cfg["bundle_name"].startswith("proxy-"):
+        lines += [
+            f"`{cfg['bundle_name']}` is a latency proxy for the distilled student (the first layers of "
+            "all-MiniLM-L6-v2, untrained: `bench/serve/proxy_student.py`), not a trained model.",
+            "",
+        ]
+    lines += [
+        "| system | loop | offered | throughput (req/s) | p50 ms | p95 ms | p99 ms | failed | server CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in systems.values():
+        if "open" not in res:
+            continue
+        for s in res["closed"] + res["open"]:
+            offered = f"c={s['concurrency']}" if s["mode"] == "closed" else f"{s['rate']:g}/s"
+            if "skipped" in s:
+                lines.append(f"| {res['label']} | open | {offered} | {s['skipped']} | | | | | |")
+                continue
+            p = s["latency_ms"]
+            lines.append(
+                f"| {res['label']} | {s['mode']} | {offered} | {s['throughput_rps']:.1f} | {_fmt(p.get('p50'), 2)} | "
+                f"{_fmt(p.get('p95'), 2)} | {_fmt(p.get('p99'), 2)} | {s['failed']} | {s['server_cpu_cores']} |"
+            )
+    service = systems.get("service", {})
+    lines += ["", "**Summary**", ""]
+    if "max_rate_within_slo" in service:
+        m = service["max_rate_within_slo"]
+        lines.append(
+            f"- highest fixed rate with p99 ≤ {m['slo_p99_ms']:g} ms and 0 errors: **{m['rate']:g} req/s** "
+            f"(first failing: {_fmt(m['first_failing_rate'], 0)})"
+        )
+    if "hold" in service:
+        h = service["hold"]
+        lines.append(
+            f"- hold {h['rate']:g} req/s for {h['duration_s']:g} s: p99 {_fmt(h['latency_ms'].get('p99'), 2)} ms, "
+            f"{h['failed']} failed of {h['requests']}"
+        )
+    base = service.get("saturation_rps")
+    for res in systems.values():
+        if "saturation_rps" in res:
+            ratio = f" (service = {base / res['saturation_rps']:.2f}×)" if base and res is not service else ""
+            runs = [s["loadavg_1m"] for s in res["closed"] + res["open"] if "loadavg_1m" in s]
+            load = f"; machine load average during its runs {min(runs):.1f}–{max(runs):.1f}" if runs else ""
+            lines.append(f"- saturation throughput {res['label']}: {res['saturation_rps']:.1f} req/s{ratio}{load}")
+        elif "skipped" in res:
+            lines.append(f"- {res['label']}: not run ({res['skipped']})")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(section: str, name: str = BENCH_BLOCK) -> None:
+    """Replace only the ``name`` block of bench/README.md (other sections belong to other benchmarks)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = README.read_text(encoding="utf-8") if README.is_file() else "# Benchmarks\n"
+    block = f"{begin}\n{section}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(text, encoding="utf-8")
+
+
+def parse_args() -> argparse.Namespace:
+    def floats(s: str) -> list[float]:
+        return [float(x) for x in s.split(",")]
+
+    def ints(s: str) -> list[int]:
+        return [int(x) for x in s.split(",")]
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "bundle-minilm")
+    p.add_argument("--index", type=Path, default=REPO / "artifacts" / "minilm-scifact", help="Index dir or root.")
+    p.add_argument("--query-model", default="minilm-l6", help="The bundle's torch query tower (baselines b, c).")
+    p.add_argument("--queries", type=Path, default=None, help="qid<TAB>text (default: MS MARCO dev-small).")
+    p.add_argument("--rates", type=floats, default=[100, 200, 300, 400, 600])
+    p.add_argument("--duration", type=float, default=30.0, help="Seconds per open-loop rate.")
+    p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
+    p.add_argument("--closed-duration", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--slo-ms", type=float, default=10.0)
+    p.add_argument("--bisect-steps", type=int, default=3)
+    p.add_argument("--bisect-duration", type=float, default=20.0)
+    p.add_argument("--hold-rate", type=float, default=300.0)
+    p.add_argument("--hold-duration", type=float, default=60.0)
+    p.add_argument("--systems", default="service,a_no_batching,b_naive_torch,c_infinity")
+    p.add_argument("--infinity-venv", type=Path, default=REPO / ".cache" / "infinity-venv")
+    p.add_argument("--out-dir", type=Path, default=HERE)
+    p.add_argument("--quick", action="store_true", help="3-5 s per point, no hold, no README: to try the harness.")
+    p.add_argument("--render", type=Path, help="Only redraw the PNG and README table from this results.json.")
+    args = p.parse_args()
+    if args.quick:
+        args.duration, args.closed_duration, args.warmup = 5.0, 3.0, 2.0
+        args.bisect_duration, args.hold_duration, args.bisect_steps = 3.0, 0.0, 1
+    return args
+
+
+def main() -> None:
+    from index import versions
+    from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
+    from scalingnote.bundle import pick_variant
+    from scalingnote.paths import data_root
+
+    args = parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        write_plot(saved, args.render.with_name("latency_vs_throughput.png"))
+        update_readme(markdown(saved))
+        return
+    t0 = time.monotonic()
+    work = REPO / ".cache" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    queries = loadgen.read_queries(args.queries or data_root() / loadgen.MSMARCO_QUERIES)
+    search_bodies = loadgen.write_bodies(work / "search.jsonl", [{"query": q, "k": 10} for q in queries])
+    embed_bodies = loadgen.write_bodies(work / "embed.jsonl", [{"model": ".", "input": [q]} for q in queries])
+    binary = loadgen.build(work)
+    index_dir = versions.current_path(args.index) if versions.is_root(args.index) else args.index
+    bundle = read_bundle_manifest(args.bundle)
+    serve = [
+        str(Path(sys.executable).with_name("scalingnote")),
+        "serve",
+        "--bundle",
+        str(args.bundle.resolve()),
+        "--index",
+        str(args.index.resolve()),
+        "--port",
+        "{port}",
+    ]
+    passthrough = {k: v for k, v in os.environ.items() if k.startswith("SCALINGNOTE_")}
+    builders: dict[str, Callable[[], System | str]] = {
+        "service": lambda: System(
+            "service", "service (dynamic batching)", serve, "/search", search_bodies, env=passthrough
+        ),
+        "a_no_batching": lambda: System(
+            "a_no_batching",
+            "(a) service, batching off",
+            serve,
+            "/search",
+            search_bodies,
+            env=passthrough | {"SCALINGNOTE_MAX_BATCH_SIZE": "1"},
+        ),
+        "b_naive_torch": lambda: System(
+            "b_naive_torch",
+            "(b) naive FastAPI + torch",
+            [
+                sys.executable,
+                str(HERE / "naive_torch.py"),
+                "--model",
+                args.query_model,
+                "--index",
+                str(args.index.resolve()),
+                "--port",
+                "{port}",
+            ],
+            "/search",
+            search_bodies,
+        ),
+        "c_infinity": lambda: infinity_system(args, embed_bodies, work),
+    }
+    results: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "config": {
+            "command": "python bench/serve/run.py " + " ".join(sys.argv[1:]),
+            "bundle": str(args.bundle),
+            "bundle_name": bundle.name,
+            "variant": pick_variant(bundle, os.environ.get("SCALINGNOTE_VARIANT", "auto")),
+            "index": str(index_dir),
+            "index_docs": read_index_manifest(index_dir).count,
+            "query_model": args.query_model,
+            "queries": len(queries),
+            "rates": args.rates,
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "closed_duration_s": args.closed_duration,
+            "slo_ms": args.slo_ms,
+            "service_env": passthrough,
+        },
+        "systems": {},
+    }
+    for name in args.systems.split(","):
+        system = builders[name]()
+        if isinstance(system, str):
+            print(f"{name}: skipped: {system}", flush=True)
+            results["systems"][name] = {"label": name, "skipped": system}
+            continue
+        print(f"{system.label}", flush=True)
+        try:
+            running = start(system, work)
+        except RuntimeError as exc:
+            results["systems"][name] = {"label": system.label, "skipped": str(exc)}
+            continue
+        try:
+            results["systems"][name] = {"label": system.label} | bench_system(running, binary, args, name == "service")
+        finally:
+            stop(running)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_plot(results, args.out_dir / "latency_vs_throughput.png")
+    section = markdown(results)
+    if not args.quick:
+        update_readme(section)
+    print(section)
+    readme = "" if args.quick else f" and {README}"
+    print(f"wrote {args.out_dir / 'results.json'}, latency_vs_throughput.png{readme} ({results['wall_s']} s)")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

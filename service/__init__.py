@@ -1,0 +1,1 @@
+"""The online ``/search`` service: FastAPI + ONNX Runtime query encoder + FAISS, no torch."""

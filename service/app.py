@@ -1,0 +1,181 @@
+"""The app factory: ``create_app(settings)`` → FastAPI app (one uvicorn worker per process)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import scalingnote
+from service import lifecycle
+from service.batcher import Overloaded
+from service.deps import ServiceState
+from service.engine import Engine
+from service.metrics import Metrics
+from service.routes import api_router
+from service.schemas import ErrorBody
+from service.settings import Settings
+
+log = logging.getLogger("scalingnote.service")
+
+ROUTES = frozenset(
+    {"/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/rollback", "/admin/index"}
+)
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "body_too_large", 422: "invalid_request", 429: "overloaded",
+         503: "unavailable"}  # fmt: skip
+
+
+def error(
+    status_code: int, message: str, details: list[dict] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error response every failure gets."""
+    body = ErrorBody(error=CODES.get(status_code, "error"), message=message, details=details)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code, headers=headers)
+
+
+class ServiceMiddleware:
+    """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), request metrics by route/status."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        code = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            length, chunked = _body_headers(scope)
+            if length is not None and length > self.limit:
+                await self._too_large(scope, receive, send_wrapper)
+            elif chunked:  # no declared length: read up to the limit, then hand the body on
+                body = await _read_at_most(receive, self.limit)
+                if body is None:
+                    await self._too_large(scope, receive, send_wrapper)
+                else:
+                    await self.app(scope, _replay(body), send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route=route, status=str(code)).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error(status.HTTP_413_CONTENT_TOO_LARGE, f"request body larger than {self.limit} bytes")
+        response.headers["Connection"] = "close"  # the unread body must not be parsed as a next request
+        await response(scope, receive, send)
+
+
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """(Content-Length if valid, whether the body is chunked)."""
+    length, chunked = None, False
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
+
+
+async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _describe(err: dict) -> str:
+    if err["type"] == "json_invalid":
+        return f"body is not valid JSON ({err['msg']} at character {err['loc'][-1]})"
+    field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+    return f"{field}: {err['msg']}"
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable message; the rejected input is never echoed back."""
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    message = "; ".join(_describe(e) for e in details[:5])
+    return error(status.HTTP_422_UNPROCESSABLE_CONTENT, message, details)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+    return error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"error": "internal", "message": "internal server error"}, 500)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The service app; loads bundle and index at startup unless a loaded ``engine`` is given."""
+    state = ServiceState(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await lifecycle.start(state, engine)
+        try:
+            async with lifecycle.poller(state):
+                yield
+        finally:
+            await lifecycle.stop(state)
+
+    app = FastAPI(
+        title="scalingnote search",
+        version=scalingnote.__version__,
+        description="Dense retrieval: ONNX query encoder + FAISS. Requests are strict JSON; unknown fields → 422.",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # Prometheus instead (/metrics)
+    )
+    app.state.service = state
+    app.include_router(api_router)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=state.settings.max_body_bytes, metrics=state.metrics)
+    return app

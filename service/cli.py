@@ -1,0 +1,47 @@
+"""``scalingnote serve``: the /search service under uvicorn (one worker; heavy imports stay lazy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def serve_command(
+    bundle: Annotated[Path | None, typer.Option(help="Model bundle directory (env SCALINGNOTE_BUNDLE).")] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(help="Index root (versions/ + current) or a static index dir (env SCALINGNOTE_INDEX_ROOT)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (env SCALINGNOTE_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env SCALINGNOTE_PORT, default 8000).")] = None,
+) -> None:
+    """Serve POST /search over the bundle's ONNX encoder and the index (see service/README.md for settings)."""
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from scalingnote.errors import UserError
+    from service.app import create_app
+    from service.engine import Engine
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {"bundle": bundle, "index_root": index, "host": host, "port": port}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid settings (SCALINGNOTE_* env, .env or options): {problems}") from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = Engine.from_settings(settings)  # fails fast (exit 2) on a mismatched or corrupt bundle/index
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )

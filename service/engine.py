@@ -1,0 +1,196 @@
+"""The search engine: a bundle's ONNX query encoder plus the current index generation (no torch).
+
+An index generation is swapped in only after it has loaded, passed its checksums, matched the bundle's
+embedding space and answered a self-check query. Each batch leases the generation it started on; a
+replaced generation is released when its last lease ends, so in-flight requests finish on the old index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from index import versions
+from index.store import LoadedIndex
+from scalingnote.artifacts import check_space, read_bundle_manifest, read_index_manifest
+from scalingnote.bundle import BundleEncoder
+from scalingnote.errors import ArtifactError, UserError
+from service.settings import Settings
+
+log = logging.getLogger("scalingnote.service")
+
+SELF_CHECK_QUERY = "what is the effect of exercise on blood pressure"
+
+
+class Hit(NamedTuple):
+    id: str
+    score: float
+    title: str | None
+
+
+@dataclass
+class BatchOutput:
+    """Per query: hits and whether the query was truncated; plus the index version that answered."""
+
+    hits: list[list[Hit]]
+    truncated: list[bool]
+    version: str
+
+
+@dataclass(eq=False)
+class Generation:
+    """One loaded index version."""
+
+    index: LoadedIndex | None
+    version: str
+    name: str
+    docs: int
+    leases: int = 0
+    retired: bool = False
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+class Engine:
+    """Encoder + current index generation; thread-safe swap with lease counting."""
+
+    def __init__(self, encoder: BundleEncoder, index_path: Path, verify: bool = True) -> None:
+        self.encoder = encoder
+        self.index_path = Path(index_path)
+        self.is_root = versions.is_root(self.index_path)
+        self.verify = verify
+        self._lock = threading.Lock()
+        self._current = self.open(self._target(None))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Engine:
+        """Load bundle and index named by ``settings``; raises :class:`UserError` with a clear message."""
+        import faiss
+
+        if settings.bundle is None:
+            raise UserError("no model bundle: pass --bundle or set SCALINGNOTE_BUNDLE")
+        if settings.index_root is None:
+            raise UserError("no index: pass --index or set SCALINGNOTE_INDEX_ROOT")
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        index_path = Path(settings.index_root)
+        # Check the embedding space before loading the (large) ONNX graph and index.
+        target = versions.current_path(index_path) if versions.is_root(index_path) else index_path
+        encoder_space = read_bundle_manifest(settings.bundle).doc_tower
+        check_space(encoder_space, read_index_manifest(target).doc_tower, what=f"bundle {settings.bundle}")
+        encoder = BundleEncoder(
+            settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
+        )
+        return cls(encoder, index_path, settings.verify_checksums)
+
+    @property
+    def current(self) -> Generation:
+        return self._current
+
+    def _target(self, version: str | None) -> Path:
+        if not self.is_root:
+            if version is not None:
+                raise UserError(f"{self.index_path} is a static index directory: it has no versions")
+            return self.index_path
+        return versions.version_path(self.index_path, version) if version else versions.current_path(self.index_path)
+
+    def open(self, path: Path) -> Generation:
+        """Load, verify, space-check and self-check the index at ``path`` (does not serve it yet)."""
+        manifest = read_index_manifest(path)
+        check_space(self.encoder.manifest.doc_tower, manifest.doc_tower, what=f"bundle {self.encoder.path}")
+        index = LoadedIndex.load(path, verify=self.verify)
+        self.self_check(index)
+        return Generation(index, manifest.version, Path(path).name, manifest.count)
+
+    def self_check(self, index: LoadedIndex) -> None:
+        """Encode a fixed query and search ``index``: finite unit vector of the right dim, valid top hit."""
+        vectors, _ = self.encoder.encode_with_flags([SELF_CHECK_QUERY])
+        if vectors.shape != (1, index.manifest.doc_tower.dim) or not np.isfinite(vectors).all():
+            raise ArtifactError(f"self-check failed: query vector of shape {vectors.shape} is not finite/dim")
+        if self.encoder.manifest.encoder.normalize and abs(float(np.linalg.norm(vectors)) - 1.0) > 1e-3:
+            raise ArtifactError("self-check failed: the bundle's query vector is not L2-normalised")
+        if index.manifest.count == 0:
+            raise ArtifactError(f"self-check failed: {index.path} holds no documents")
+        scores, rows = index.search(vectors, 1)
+        if not (0 <= rows[0, 0] < index.manifest.count) or not np.isfinite(scores).all():
+            raise ArtifactError(f"self-check failed: {index.path} returned no valid hit")
+
+    @contextmanager
+    def lease(self) -> Iterator[Generation]:
+        """The current generation, kept alive until the block ends even if it is swapped out meanwhile."""
+        with self._lock:
+            gen = self._current
+            gen.leases += 1
+        try:
+            yield gen
+        finally:
+            with self._lock:
+                gen.leases -= 1
+                if gen.retired and gen.leases == 0:
+                    self._release(gen)
+
+    def swap(self, gen: Generation) -> Generation:
+        """Serve ``gen`` from the next batch on; returns the retired generation."""
+        with self._lock:
+            old, self._current = self._current, gen
+            old.retired = True
+            if old.leases == 0:
+                self._release(old)
+        log.info("index swapped: %s -> %s (%d docs)", old.version, gen.version, gen.docs)
+        return old
+
+    @staticmethod
+    def _release(gen: Generation) -> None:
+        gen.index = None
+        gen.released.set()
+        log.info("index %s released", gen.version)
+
+    def reload(self, version: str | None = None) -> tuple[Generation, Generation] | None:
+        """Swap to ``version`` (default: what ``current`` points to now); None when already serving it.
+
+        Raises :class:`UserError` (old generation keeps serving) when the target is corrupt or mismatched.
+        With an explicit version on an index root, ``current`` is repointed to it after it loaded.
+        """
+        path = self._target(version)
+        if path.name == self._current.name and version is None:
+            return None
+        gen = self.open(path)
+        if version is not None:
+            with versions.locked(self.index_path):
+                versions.set_current(self.index_path, version)
+        return self.swap(gen), gen
+
+    def rollback(self) -> tuple[Generation, Generation]:
+        """Repoint ``current`` at the previous version and serve it."""
+        if not self.is_root:
+            raise UserError(f"{self.index_path} is a static index directory: nothing to roll back to")
+        target = versions.previous_version(self.index_path)
+        if target is None:
+            raise UserError(f"{self.index_path}: no version older than the current one to roll back to")
+        gen = self.open(versions.version_path(self.index_path, target))
+        with versions.locked(self.index_path):
+            versions.set_current(self.index_path, target)
+        return self.swap(gen), gen
+
+    def watch_target(self) -> str | None:
+        """Name of the version ``current`` points to (None for a static index)."""
+        return versions.current_version(self.index_path) if self.is_root else None
+
+    def run_batch(self, texts: list[str], k: int) -> BatchOutput:
+        """Encode ``texts`` in one ONNX call and search them in one FAISS call (top ``k``)."""
+        with self.lease() as gen:
+            index = gen.index
+            assert index is not None  # a leased generation is never released
+            vectors, truncated = self.encoder.encode_with_flags(texts)
+            scores, rows = index.search(vectors, k)
+            ids, titles = index.ids, index.titles
+            hits = [
+                [Hit(ids[r], float(s), titles[r] or None) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+                for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
+            ]
+            return BatchOutput(hits, truncated, gen.version)

@@ -1,0 +1,132 @@
+"""Startup, index reloads (admin and polling) and rollback; loading always runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+
+from fastapi import HTTPException, status
+
+from index import versions
+from scalingnote.errors import UserError
+from service.batcher import Batcher
+from service.deps import ServiceState
+from service.engine import Engine, Generation
+from service.schemas import ReloadResponse
+
+log = logging.getLogger("scalingnote.service")
+
+
+async def start(state: ServiceState, engine: Engine | None) -> None:
+    """Load (unless given), warm up every batch size up to the max, start the batcher; then ready."""
+    settings = state.settings
+    sys.setswitchinterval(settings.gil_switch_ms / 1000)
+    if engine is None:
+        engine = await asyncio.to_thread(Engine.from_settings, settings)
+    state.engine = engine
+    state.metrics.set_index(engine.current.version, engine.current.docs)
+    long_query = " ".join(["warm-up"] * engine.encoder.manifest.encoder.max_length)
+    size = 1
+    while True:  # first runs of each shape allocate: do them before the first request
+        batch = ["warm-up query"] * min(size, settings.max_batch_size)
+        await asyncio.to_thread(engine.run_batch, [*batch[:-1], long_query], 10)
+        await asyncio.to_thread(engine.run_batch, batch, 10)
+        if size >= settings.max_batch_size:
+            break
+        size *= 2
+    state.batcher = Batcher(engine, state.metrics, settings.max_batch_size, settings.max_wait_us, settings.max_queue)
+    state.batcher.start()
+    state.ready = True
+    log.info(
+        "ready: bundle %s (%s, %s), index %s (%d docs)",
+        engine.encoder.manifest.name,
+        engine.encoder.variant,
+        engine.encoder.provider,
+        engine.current.version,
+        engine.current.docs,
+    )
+
+
+async def stop(state: ServiceState) -> None:
+    state.ready = False
+    if state.batcher is not None:
+        await state.batcher.stop()
+
+
+def _response(state: ServiceState, swapped: tuple[Generation, Generation] | None) -> ReloadResponse:
+    assert state.engine is not None
+    engine = state.engine
+    gen = engine.current
+    on_disk = versions.list_versions(engine.index_path) if engine.is_root else []
+    if swapped is None:
+        return ReloadResponse(
+            index_version=gen.version, docs=gen.docs, versions=on_disk, previous_version=None, changed=False
+        )
+    old, new = swapped
+    state.metrics.set_index(new.version, new.docs)
+    return ReloadResponse(
+        index_version=new.version, docs=new.docs, versions=on_disk, previous_version=old.version, changed=True
+    )
+
+
+async def _swap(
+    state: ServiceState, action: Callable[[Engine], tuple[Generation, Generation] | None]
+) -> ReloadResponse:
+    """Run a load-and-swap ``action`` in a thread, one at a time; a rejected target leaves the old index."""
+    if state.engine is None or not state.ready:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not ready: the bundle and index are loading")
+    engine = state.engine
+    async with state.reload_lock:
+        serving = engine.current.version
+        try:
+            swapped = await asyncio.to_thread(action, engine)
+        except (UserError, OSError) as exc:
+            state.metrics.reloads.labels(result="rejected").inc()
+            log.error("index reload rejected, still serving %s: %s", serving, exc)
+            raise HTTPException(status.HTTP_409_CONFLICT, f"rejected, still serving {serving}: {exc}") from None
+        state.metrics.reloads.labels(result="ok").inc()
+        return _response(state, swapped)
+
+
+async def reload_index(state: ServiceState, version: str | None) -> ReloadResponse:
+    return await _swap(state, lambda engine: engine.reload(version))
+
+
+async def rollback_index(state: ServiceState) -> ReloadResponse:
+    return await _swap(state, Engine.rollback)
+
+
+async def poll(state: ServiceState) -> None:
+    """Follow ``ROOT/current``: swap when it points somewhere new (a rejected target is not retried)."""
+    interval = state.settings.reload_poll_seconds
+    while True:
+        await asyncio.sleep(interval)
+        engine = state.engine
+        if engine is None or not state.ready:
+            continue
+        target = engine.watch_target()
+        if target is None or target == engine.current.name or target == state.rejected_target:
+            continue
+        try:
+            await reload_index(state, None)
+        except HTTPException:
+            state.rejected_target = target
+
+
+@contextlib.asynccontextmanager
+async def poller(state: ServiceState):
+    """Run :func:`poll` for the app's lifetime when serving an index root with polling on."""
+    engine = state.engine
+    if engine is None or not engine.is_root or state.settings.reload_poll_seconds <= 0:
+        yield
+        return
+    task = asyncio.create_task(poll(state), name="scalingnote-index-poller")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,96 @@
+"""Latency SLO: a real server on 127.0.0.1 with a real bundle and index, fixed-rate load from real queries.
+
+The SLO and rate come from the service settings (``SCALINGNOTE_SLO_P99_MS``, ``SCALINGNOTE_SLO_RATE``,
+``SCALINGNOTE_SLO_DURATION_S``). Their defaults are CI's loose bound (order-of-magnitude regressions); the
+target (p99 <= 10 ms at 300 req/s for 60 s with the distilled student) is checked by setting them, see
+service/README.md. Artifacts: ``SCALINGNOTE_SLO_BUNDLE`` / ``SCALINGNOTE_SLO_INDEX`` if set, else the repo's
+``artifacts/bundle-minilm`` + ``artifacts/minilm-scifact`` if present, else both are built here from
+all-MiniLM-L6-v2 (ONNX export + an index of the first 1,000 SciFact docs, about a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from scalingnote.paths import data_root
+from service.settings import Settings
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slo
+
+SUBSET_DOCS = 1000
+
+
+@pytest.fixture(scope="module")
+def real_artifacts(scifact: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bundle, index): from the environment, the repo's artifacts/, or built from minilm-l6."""
+    env_bundle, env_index = os.environ.get("SCALINGNOTE_SLO_BUNDLE"), os.environ.get("SCALINGNOTE_SLO_INDEX")
+    if env_bundle and env_index:
+        return Path(env_bundle).resolve(), Path(env_index).resolve()
+    bundle, index = REPO / "artifacts" / "bundle-minilm", REPO / "artifacts" / "minilm-scifact"
+    if (bundle / "bundle.json").is_file() and (index / "manifest.json").is_file():
+        return bundle, index
+    from index.build import build_index
+    from training.export import export_bundle
+
+    work = tmp_path_factory.mktemp("slo")
+    subset = work / "scifact-subset"
+    subset.mkdir()
+    with (scifact / "corpus.jsonl").open(encoding="utf-8") as src:
+        (subset / "corpus.jsonl").write_text("".join(line for _, line in zip(range(SUBSET_DOCS), src, strict=False)))
+    build_index(subset, "minilm-l6", work / "index", progress=False)
+    export_bundle("minilm-l6", work / "bundle", int8=False, log=lambda *_: None)
+    return work / "bundle", work / "index"
+
+
+@pytest.fixture(scope="module")
+def query_bodies(loadgen: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = data_root() / loadgen.MSMARCO_QUERIES
+    assert path.is_file(), f"SLO queries missing: {path} (set SCALINGNOTE_DATA_DIR)"
+    queries = loadgen.read_queries(path)
+    assert len(queries) > 1000
+    return loadgen.write_bodies(tmp_path_factory.mktemp("bodies") / "search.jsonl", [{"query": q} for q in queries])
+
+
+def test_p99_within_the_slo_at_a_fixed_rate(
+    real_artifacts: tuple[Path, Path], query_bodies: Path, loadgen: ModuleType, serve
+) -> None:
+    slo = Settings()
+    bundle, index = real_artifacts
+    with serve(bundle, index) as server:
+        loadgen.run(loadgen.BINARY, server.port, query_bodies, concurrency=4, duration=3)  # warm-up
+        run = loadgen.run(loadgen.BINARY, server.port, query_bodies, rate=slo.slo_rate, duration=slo.slo_duration_s)
+    stats = run.stats()
+    print(json.dumps(stats | {"slo_p99_ms": slo.slo_p99_ms}))
+    assert stats["requests"] == int(slo.slo_rate * slo.slo_duration_s)
+    assert run.failed == 0, stats
+    assert stats["latency_ms"]["p99"] <= slo.slo_p99_ms, stats
+
+
+def test_batch_endpoint_within_the_slo(
+    real_artifacts: tuple[Path, Path], query_bodies: Path, loadgen: ModuleType, serve, tmp_path: Path
+) -> None:
+    """Eight queries per request at an eighth of the rate: the same query throughput through /search/batch."""
+    slo = Settings()
+    queries = [json.loads(line)["query"] for line in query_bodies.read_text().splitlines()[:4000]]
+    bodies = loadgen.write_bodies(
+        tmp_path / "batch.jsonl", [{"queries": queries[i : i + 8]} for i in range(0, 4000, 8)]
+    )
+    bundle, index = real_artifacts
+    with serve(bundle, index) as server:
+        run = loadgen.run(
+            loadgen.BINARY,
+            server.port,
+            bodies,
+            path="/search/batch",
+            rate=slo.slo_rate / 8,
+            duration=slo.slo_duration_s,
+        )
+    stats = run.stats()
+    assert run.failed == 0, stats
+    assert stats["latency_ms"]["p99"] <= slo.slo_p99_ms * 4, stats
