@@ -42,6 +42,26 @@ def test_student_bundle_targets_the_teacher_index(tiny_student: Path, tiny_teach
     assert (rows >= 0).all()
 
 
+@pytest.mark.parametrize("pooling", ["last-token", "mean"])
+def test_llm_teacher_query_tower_exports_with_eos_and_parity(pooling: str, tmp_path: Path) -> None:
+    """An LLM dual tower's query side (the ``teacher-bundle`` stage of LLM profiles): EOS appended, parity kept."""
+    from modeling.dual import DualTower
+    from scalingnote.artifacts import EncoderConfig
+    from tests.test_tower import TEXTS, make_tiny_llama
+
+    enc = EncoderConfig(pooling=pooling, max_length=16)
+    dual = DualTower.from_backbone(
+        make_tiny_llama(tmp_path / "llama"), ident="t", backbone="tiny-llama", query_encoder=enc, doc_encoder=enc
+    )
+    dual.save(tmp_path / "dual")
+    manifest = export_bundle(str(tmp_path / "dual"), tmp_path / "b", queries=list(TEXTS), int8=False, log=print)
+    assert manifest.parity["fp32_min_cosine"] >= 0.9999 and manifest.encoder.pooling == pooling
+    tower = Tower.from_pretrained(tmp_path / "dual" / "query")
+    want = tower.encode(list(TEXTS), progress=False)
+    got = BundleEncoder(tmp_path / "b").encode(list(TEXTS))
+    assert np.allclose((want * got).sum(axis=1), 1.0, atol=1e-4)
+
+
 def test_export_refuses_an_index_of_another_space(tiny_student: Path, tiny: object, tmp_path: Path) -> None:
     with pytest.raises(SpaceMismatchError):
         export_bundle(str(tiny_student), tmp_path / "b", index_dir=tiny.index, int8=False, log=print)

@@ -107,6 +107,10 @@ def distill_command(
     profile: ProfileOpt = "cpu",
     dataset: DatasetOpt = None,
     work: Annotated[Path | None, typer.Option(help="Checkpoints, teacher-embedding cache, curves.")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="Student backbone: built-in, HF encoder directory, or 'teacher' (its own query tower)."),
+    ] = None,
     layers: Annotated[int | None, typer.Option(min=1, help="Student layers kept from its backbone.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
@@ -120,8 +124,7 @@ def distill_command(
 
     prof = get_profile(profile).capped(max_steps, max_queries)
     cfg = _updated(prof.distill, steps=steps, lr=lr)
-    if layers is not None:
-        cfg.student = _updated(cfg.student, layers=layers)
+    cfg.student = _updated(cfg.student, backbone=student, layers=layers)
     distill(cfg, teacher, resolve_dataset(prof, dataset), out, work=_work(out, work), index=index, log=typer.echo)
     typer.echo(f"student -> {out}")
 

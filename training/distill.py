@@ -10,6 +10,7 @@ top documents (the frozen index vectors; measured on SciFact: nDCG@10 0.608 afte
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,9 @@ from scalingnote.paths import data_root
 from training.loop import LoopConfig, fingerprint, publish_trained, train_loop
 
 SENTENCES_PER_DOC = 3
+
+
+TEACHER = "teacher"  # a student backbone name: the first layers of the teacher's own query tower
 
 
 class StudentConfig(BaseModel):
@@ -95,8 +99,14 @@ def distillation_queries(cfg: DistillConfig, dataset: Path) -> list[str]:
     return chosen[: cfg.max_queries] if cfg.max_queries else chosen
 
 
-def new_student(cfg: StudentConfig, *, ident: str, dim: int) -> Tower:
-    path = resolve(cfg.backbone).path
+def new_student(cfg: StudentConfig, *, ident: str, dim: int, teacher_query: Path | None = None) -> Tower:
+    """``cfg.backbone`` cut to ``cfg.layers`` layers; ``"teacher"`` cuts the teacher's own query tower."""
+    if cfg.backbone == TEACHER:
+        if teacher_query is None:
+            raise UserError('student backbone "teacher" needs a teacher (distillation only)')
+        path = teacher_query
+    else:
+        path = resolve(cfg.backbone).path
     pooling = default_encoder_config(path).pooling
     encoder = EncoderConfig(pooling=pooling, max_length=cfg.max_length)
     student = build_student(path, ident=ident, layers=cfg.layers, dim=dim, encoder=encoder)
@@ -143,10 +153,14 @@ def distill(
     *,
     work: Path,
     index: Path | None = None,
+    cache_dir: Path | None = None,
     progress: bool = True,
     log=print,
 ) -> Path:
-    """Distil ``teacher``'s query tower into a student published at ``out`` (resumes from ``work``)."""
+    """Distil ``teacher``'s query tower into a student published at ``out`` (resumes from ``work``).
+
+    The teacher's query embeddings are cached in ``cache_dir`` (default ``work``), keyed by the teacher's
+    weights and the queries, so students of one teacher share them."""
     torch.manual_seed(cfg.seed)
     ref = resolve(teacher)
     space = query_space(ref)
@@ -155,17 +169,20 @@ def distill(
     teacher_query = ref.tower_path("query")
     key = fingerprint("distill", cfg.model_dump(), space.model_dump(), queries)
     work.mkdir(parents=True, exist_ok=True)
-    cache = work / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"  # reused across configs
+    cache_dir = cache_dir or work
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"
     if not cache.is_file():
         tower = Tower.from_pretrained(teacher_query, ident=ref.id)
         vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")
-        np.save(work / "tmp.npy", vecs)
-        (work / "tmp.npy").replace(cache)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, vecs)
+        tmp.replace(cache)
         del tower
     targets = np.load(cache)
     held_t, train_t = targets[: cfg.heldout], torch.from_numpy(targets[cfg.heldout :])
     log(f"stage 2: {len(train)} distillation queries ({len(heldout)} held out), teacher {ref.id}")
-    student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim)
+    student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim, teacher_query=teacher_query)
     if cfg.init == "ridge":
         n = min(len(train), 4096)
         peak = fit_projection(student, pooled_features(student, train[:n]), targets[cfg.heldout :][:n], cfg.ridge)

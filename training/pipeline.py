@@ -242,6 +242,7 @@ def run_pipeline(
                 lay.student_dir(name),
                 work=lay.work / name,
                 index=lay.teacher_index,
+                cache_dir=lay.work / "teacher-queries",
                 progress=progress,
                 log=log,
             )
