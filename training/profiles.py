@@ -103,14 +103,14 @@ PROFILES: dict[str, Profile] = {
         name="demo",
         description="Teacher + index + distilled 4-layer student + ONNX bundle: the quickest useful build (2 cores).",
         towers=MINILM_TEACHER.model_copy(update={"steps": 60}),
-        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=200, lr=5e-4),
+        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=200, lr=1.5e-3),
     ),
     "cpu": Profile(
         name="cpu",
         description="MiniLM-L6 dual-tower teacher, distilled 4- and 2-layer students, the 2-layer student "
         "trained end to end as a dual tower; 2 CPU cores, ≤30 min.",
         towers=MINILM_TEACHER,
-        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=300, lr=5e-4),
+        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=300, lr=1.5e-3),
         extra_students=[2],
         end2end=small_dual(MINILM_TEACHER, STUDENT_L2),
         baseline="minilm-l6",
@@ -122,7 +122,7 @@ PROFILES: dict[str, Profile] = {
         towers=SMOLLM2_CPU,
         index_batch_size=32,
         # the LLM teacher embeds ~25 queries/s here: 8,192 of them (2.4 passes of 300 × 64) cost ~6 min
-        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=300, lr=5e-4, max_queries=8192),
+        distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=300, lr=1.5e-3, max_queries=8192),
         baseline="minilm-l6",
     ),
     "gpu": Profile(

@@ -147,6 +147,7 @@ def targets(rows: list[Row]) -> list[tuple[str, bool | None, str]]:
 def chart(rows: list[Row], path: Path, title: str) -> None:
     """nDCG@10 against query latency p50 (batch 1) for every dense row: the quality/latency trade-off."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,6 +168,8 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
         ax.axhline(bm25.metrics["ndcg@10"], linestyle="--", color="grey", label="BM25")
         ax.legend()
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("query-encoding latency p50, ms (batch 1, 1 thread, log scale)")
     ax.set_ylabel("SciFact test nDCG@10")
     ax.set_title(title)
