@@ -20,7 +20,7 @@ def build_command(
     ] = "Flat",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     shard_size: Annotated[int, typer.Option(min=1, help="Docs per resumable embedding shard.")] = 1024,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs, fp32 for encoders), fp32 or bf16.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs on GPU, else fp32), fp32, bf16.")] = "auto",
     max_length: Annotated[int | None, typer.Option(min=8, help="Doc token budget (default: the tower's).")] = None,
 ) -> None:
     """Embed a corpus with the doc tower and publish index.faiss + docs.json + manifest.json."""
@@ -46,7 +46,7 @@ def rebuild_command(
     index_factory: Annotated[str, typer.Option(help="FAISS index_factory string.")] = "Flat",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     shard_size: Annotated[int, typer.Option(min=1, help="Docs per resumable embedding shard.")] = 1024,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs, fp32 for encoders), fp32 or bf16.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 for LLMs on GPU, else fp32), fp32, bf16.")] = "auto",
     max_length: Annotated[int | None, typer.Option(min=8, help="Doc token budget (default: the tower's).")] = None,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""

@@ -52,7 +52,7 @@ def towers_command(
     temperature: Annotated[float | None, typer.Option(min=1e-4, help="InfoNCE temperature.")] = None,
     query_max_length: Annotated[int | None, typer.Option(min=4, help="Query token budget.")] = None,
     doc_max_length: Annotated[int | None, typer.Option(min=4, help="Document token budget.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto (bf16 autocast for LLMs), fp32 or bf16.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (bf16 for LLMs on GPU, else fp32), fp32, bf16.")] = None,
     lora_rank: Annotated[int | None, typer.Option(min=0, help="LoRA rank on all linear layers (0 = full).")] = None,
     gradient_checkpointing: Annotated[
         bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute acts.")

@@ -3,7 +3,7 @@
 * ``demo``: stage 1 + teacher index + distilled student + export only (≤12 min on 2 CPU cores).
 * ``cpu``: the full comparison on 2 CPU cores (≤30 min): MiniLM dual-tower teacher, distilled 4- and
   2-layer students, the 2-layer student trained end to end as an ordinary dual tower, off-the-shelf and BM25.
-* ``cpu-llm``: the same with a SmolLM2-135M dual-tower teacher (≈1 h on 2 cores; bf16).
+* ``cpu-llm``: the same with a SmolLM2-135M dual-tower teacher (fp32: bf16 autocast is slower on these CPUs).
 * ``gpu``: SmolLM2-135M teacher with doc2query pairs and large batches (one or more CUDA GPUs; untested here).
 
 The distillation loss of every profile is the paper's: MSE + λ·(1 − cos) on query embeddings only
@@ -83,14 +83,14 @@ def small_dual(teacher: TowerConfig, student: StudentConfig, **updates: object) 
 DISTILL_SOURCES = ["train", "titles", "sentences", "msmarco-passage-dev-small/queries.tsv"]
 STUDENT_L4 = StudentConfig(backbone="minilm-l6", layers=4, max_length=64)
 STUDENT_L2 = STUDENT_L4.model_copy(update={"layers": 2})
-# MiniLM-L6 teacher: docs cut to 128 tokens while training (2x cheaper steps, so more of them); 256 when indexing.
+# MiniLM-L6 teacher: docs cut to 128 tokens, in training (2x cheaper steps, so more of them) and in its index.
 MINILM_TEACHER = TowerConfig(backbone="minilm-l6", doc_max_length=128, steps=200, batch_size=32, negatives=0, lr=3e-5)
 SMOLLM2_CPU = TowerConfig(
     backbone="smollm2-135m",
     pooling="mean",
     doc_max_length=128,
     query_max_length=48,
-    steps=150,
+    steps=100,
     batch_size=16,
     negatives=1,
     lr=1e-4,
@@ -117,11 +117,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu-llm": Profile(
         name="cpu-llm",
-        description="SmolLM2-135M dual-tower teacher (bf16, mean pooling), distilled 4-layer MiniLM student; "
-        "≈1 h on 2 cores.",
+        description="SmolLM2-135M dual-tower teacher (mean pooling), distilled 4-layer MiniLM student; "
+        "bounded to ≈1 h on 2 cores.",
         towers=SMOLLM2_CPU,
         index_batch_size=32,
-        # the LLM teacher embeds ~25 queries/s here: 8,192 of them (2.4 passes of 300 × 64) cost ~6 min
+        # the LLM teacher embeds queries slowly on CPU: 8,192 of them are 2.4 passes of 300 steps × 64
         distill=DistillConfig(student=STUDENT_L4, sources=DISTILL_SOURCES, steps=300, lr=1.5e-3, max_queries=8192),
         baseline="minilm-l6",
     ),
