@@ -49,14 +49,6 @@ class Layout:
     def teacher_index(self) -> Path:
         return self.root / "teacher-index"
 
-    @property
-    def student(self) -> Path:
-        return self.root / "student"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
     def student_dir(self, name: str) -> Path:
         return self.root / name
 

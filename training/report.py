@@ -72,7 +72,7 @@ def dense_rows(lay, profile: Profile, baseline_index: Path | None) -> list[tuple
 def measure(lay, profile: Profile, dataset: Path, baseline_index: Path | None, log) -> list[Row]:
     from evaluation.bm25 import bm25_run
     from evaluation.dense import dense_run
-    from training.latency import load_encoder, pin_faiss_threads, time_queries
+    from training.latency import load_encoder, time_queries
 
     ds = load_dataset(dataset, ("test",))
     queries, qrels = ds.split_queries("test"), ds.qrels["test"]
@@ -82,7 +82,6 @@ def measure(lay, profile: Profile, dataset: Path, baseline_index: Path | None, l
         run, _ = dense_run(index, spec, queries, variant=variant)
         rows.append(Row(label, spec, str(index), evaluate(qrels, run)))
         log(f"[report] {label}: nDCG@10 {rows[-1].metrics['ndcg@10']:.4f}")
-    pin_faiss_threads(profile.latency_threads)
     texts = list(queries.values())
     for row, (_, spec, variant, _) in zip(rows[1:], systems, strict=True):
         enc = load_encoder(spec, variant, threads=profile.latency_threads)
