@@ -73,7 +73,7 @@ CMD ["scalingnote", "serve"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Online service on an NVIDIA GPU. onnxruntime-gpu on PyPI is built for CUDA 12 + cuDNN 9 up to 1.26 and for
-# CUDA 13 from 1.27; faiss-gpu 1.15 is CUDA 12. One CUDA major per process: CUDA 12.6 + cuDNN 9 base and
+# CUDA 13 from 1.27; faiss-gpu-cu12 is CUDA 12. One CUDA major per process: CUDA 12.6 + cuDNN 9 base and
 # onnxruntime-gpu < 1.27 (needs NVIDIA driver >= 525 on the host). Python 3.11 from the deadsnakes PPA.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS serve-gpu
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from index.build import build_index
-from modeling.pooling import pool
-from modeling.tower import Tower
 from scalingnote.beir import Document, load_corpus
-from scalingnote.encoders import resolve
+from scalingnote.index.build import build_index
+from scalingnote.modeling.pooling import pool
+from scalingnote.modeling.tower import Tower
 from scalingnote.paths import data_root
+from scalingnote.specs import resolve
 
 HERE = Path(__file__).parent
 README_START, README_END = "<!-- index_build:start -->", "<!-- index_build:end -->"

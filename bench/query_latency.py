@@ -18,8 +18,8 @@ from pathlib import Path
 from scalingnote.artifacts import read_bundle_manifest
 from scalingnote.beir import load_dataset, load_queries
 from scalingnote.paths import data_root
-from training.latency import load_encoder, time_queries
-from training.report import cpu_model
+from scalingnote.training.latency import load_timed, time_queries
+from scalingnote.training.render import cpu_model
 
 HERE = Path(__file__).parent
 README_START, README_END = "<!-- query_latency:begin -->", "<!-- query_latency:end -->"
@@ -65,7 +65,7 @@ def main() -> None:
     t0 = time.time()
     for label, spec, variant in systems(args.pipeline, args.encoder):
         for threads in map(int, args.threads.split(",")):
-            enc = load_encoder(spec, variant, threads=threads)
+            enc = load_timed(spec, variant, threads=threads)
             for batch in map(int, args.batch.split(",")):
                 stats = time_queries(enc.encode, texts[: args.limit], batch_size=batch)
                 rows.append({"system": label, "spec": spec, "engine": enc.engine, "params": enc.params} | stats)

@@ -90,7 +90,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from scalingnote.bundle import BundleEncoder
+from scalingnote.runtime.bundle import BundleEncoder
 
 providers = ort.get_available_providers()
 print("onnxruntime", ort.__version__, "available providers:", providers)
@@ -125,7 +125,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.store import LoadedIndex
+from scalingnote.index.store import LoadedIndex
 
 K = 10
 ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -213,7 +213,7 @@ fi
 # The server may live at most: start-up (STEP_TIMEOUT) + the measuring step (2 x STEP_TIMEOUT + 30 s) + slack.
 # Everything goes through the SCALINGNOTE_* environment (the same settings the images use).
 SCALINGNOTE_BUNDLE="$BUNDLE" SCALINGNOTE_INDEX_ROOT="$INDEX_ROOT" SCALINGNOTE_HOST="$HOST" SCALINGNOTE_PORT="$PORT" \
-    timeout --kill-after=10 "$((STEP_TIMEOUT * 3 + 60))" "$PYTHON" -m scalingnote serve > "$LOG" 2>&1 &
+    timeout --kill-after=10 "$((STEP_TIMEOUT * 3 + 60))" "$PYTHON" -m scalingnote.cli serve > "$LOG" 2>&1 &
 SERVER_PID=$!
 echo "server pid $SERVER_PID, log $LOG"
 

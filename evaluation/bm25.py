@@ -5,8 +5,8 @@ from __future__ import annotations
 import bm25s
 import Stemmer
 
-from evaluation.metrics import Run
 from scalingnote.beir import Document
+from scalingnote.evaluation.metrics import Run
 
 
 def bm25_run(

@@ -27,8 +27,8 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and run info to this file.")] = None,
 ) -> None:
     """Score retrieval on a BEIR split: nDCG@10, Recall@100, MRR@10 (ir-measures)."""
-    from evaluation.metrics import evaluate
     from scalingnote.beir import load_dataset
+    from scalingnote.evaluation.metrics import evaluate
 
     if bm25 == (index is not None):
         raise UserError("give exactly one of --bm25 or --index (with --query-encoder)")
@@ -38,11 +38,11 @@ def eval_command(
     queries = ds.split_queries(split)
     t0 = time.perf_counter()
     if bm25:
-        from evaluation.bm25 import bm25_run
+        from scalingnote.evaluation.bm25 import bm25_run
 
         run, timing, system = bm25_run(ds.corpus, queries, k), {}, "bm25"
     else:
-        from evaluation.dense import dense_run
+        from scalingnote.evaluation.dense import dense_run
 
         run, timing = dense_run(index, query_encoder, queries, k, variant)
         system = f"{query_encoder} -> {index}"

@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
-from evaluation.metrics import Run
-from index.store import LoadedIndex
 from scalingnote.artifacts import check_space, read_index_manifest
-from scalingnote.encoders import EncoderRef, query_space, resolve
-
-
-class QueryEncoder(Protocol):
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
-
-
-class _TowerQueries:
-    """Adapter: the query side of a torch tower."""
-
-    def __init__(self, ref: EncoderRef):
-        from modeling.tower import Tower
-
-        self.tower = Tower.from_pretrained(ref.tower_path("query"), ident=ref.id)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return self.tower.encode(texts, batch_size, progress=False)
-
-
-def load_query_encoder(ref: EncoderRef, variant: str = "auto") -> QueryEncoder:
-    if ref.kind == "bundle":
-        from scalingnote.bundle import BundleEncoder
-
-        return BundleEncoder(ref.path, variant=variant)
-    return _TowerQueries(ref)
+from scalingnote.evaluation.metrics import Run
+from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.loading import load_query_encoder
+from scalingnote.specs import query_space, resolve
 
 
 def dense_run(
@@ -45,17 +18,14 @@ def dense_run(
     """Rank the index for each query; returns the run and timing figures."""
     manifest = read_index_manifest(index_dir)
     ref = resolve(encoder_spec)
-    check_space(query_space(ref), manifest.doc_tower)  # refuse before loading any weights
+    check_space(query_space(ref), manifest.space)  # refuse before loading any weights
     index = LoadedIndex.load(index_dir)
     encoder = load_query_encoder(ref, variant)
     qids = list(queries)
     t0 = time.perf_counter()
     vectors = encoder.encode([queries[q] for q in qids])
     t1 = time.perf_counter()
-    scores, rows = index.search(vectors, k)
+    hits = index.hits(vectors, k)
     t2 = time.perf_counter()
-    run = {
-        qid: {index.ids[r]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}
-        for i, qid in enumerate(qids)
-    }
+    run = {qid: {h.id: h.score for h in row} for qid, row in zip(qids, hits, strict=True)}
     return run, {"encode_s": t1 - t0, "search_s": t2 - t1, "queries": len(qids)}

@@ -17,22 +17,23 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from index import faiss_backend
-from index.store import DOCS_FILE, INDEX_FILE
-from modeling.tower import Dtype, Tower
 from scalingnote.artifacts import (
+    DOCS_FILE,
+    INDEX_FILE,
     INDEX_MANIFEST,
     IndexManifest,
     checksums,
     new_version_id,
     now_iso,
-    publish,
+    publish_dir,
     staging_dir,
     write_manifest,
 )
 from scalingnote.beir import Document, load_corpus
-from scalingnote.encoders import doc_space, resolve
 from scalingnote.errors import DatasetError
+from scalingnote.index import faiss_backend
+from scalingnote.modeling.tower import Dtype, Tower
+from scalingnote.specs import doc_space, resolve
 
 
 def _fingerprint(docs: list[Document], parts: list[str]) -> str:
@@ -113,7 +114,7 @@ def build_index(
     (tmp / DOCS_FILE).write_text(json.dumps(docs_json, ensure_ascii=False), encoding="utf-8")
     manifest = IndexManifest(
         version=new_version_id(),
-        doc_tower=space,
+        space=space,
         encoder=enc,
         count=index.ntotal,
         factory=factory,
@@ -122,6 +123,6 @@ def build_index(
         files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
     )
     write_manifest(tmp, INDEX_MANIFEST, manifest)
-    publish(tmp, out)
+    publish_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

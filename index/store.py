@@ -8,13 +8,19 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from pydantic import BaseModel, Field
 
-from index.faiss_backend import prepare_for_search
-from scalingnote.artifacts import IndexManifest, read_index_manifest
+from scalingnote.artifacts import DOCS_FILE, INDEX_FILE, IndexManifest, read_index_manifest
 from scalingnote.errors import ArtifactError
+from scalingnote.index.faiss_backend import prepare_for_search, to_cpu
 
-INDEX_FILE = "index.faiss"
-DOCS_FILE = "docs.json"
+
+class Hit(BaseModel):
+    """One search result."""
+
+    id: str
+    score: float
+    title: str | None = Field(None, description="Omitted when the document has no title.")
 
 
 @dataclass
@@ -36,13 +42,30 @@ class LoadedIndex:
         except (RuntimeError, OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: unreadable index ({str(exc).splitlines()[0]})") from None
         ids, titles = docs.get("ids", []), docs.get("titles", [])
-        if index.ntotal != manifest.count or len(ids) != manifest.count or index.d != manifest.doc_tower.dim:
+        if index.ntotal != manifest.count or len(ids) != manifest.count or index.d != manifest.space.dim:
             raise ArtifactError(
                 f"{path}: index holds {index.ntotal} vectors of dim {index.d} and {len(ids)} ids, "
-                f"manifest says {manifest.count} of dim {manifest.doc_tower.dim}"
+                f"manifest says {manifest.count} of dim {manifest.space.dim}"
             )
         return cls(path, manifest, prepare_for_search(index), ids, titles or [""] * len(ids))
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.space.dim
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` scores and row numbers (-1 where fewer than ``k`` exist) for each query vector."""
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.manifest.count))
+
+    def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` documents of each query vector, best first."""
+        scores, rows = self.search(queries, k)
+        ids, titles = self.ids, self.titles
+        return [
+            [Hit(id=ids[r], score=s, title=titles[r] or None) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+            for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
+        ]
+
+    def vectors(self) -> np.ndarray:
+        """Every document vector, in row order (indexes that store them: Flat, HNSW, IVF-Flat)."""
+        return to_cpu(self.index).reconstruct_n(0, self.index.ntotal)

@@ -135,7 +135,7 @@ def _adopt(root: Path, built: Path, manifest: IndexManifest, keep: int) -> None:
     prune(root, keep)
 
 
-def publish(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest:
+def publish_version(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest:
     """Copy a built (checksum-verified) index dir into ``root`` as a new version and make it current.
 
     Publishing an index whose version is already present just makes that version current again.
@@ -158,7 +158,7 @@ def publish(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest:
 
 def rebuild(root: Path, dataset: Path, doc_encoder: str, keep: int = 3, **build_kwargs: object) -> IndexManifest:
     """Build a new version with :func:`index.build.build_index` (torch) and make it current."""
-    from index.build import build_index
+    from scalingnote.index.build import build_index
 
     root = Path(root)
     with locked(root):

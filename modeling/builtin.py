@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scalingnote.artifacts import publish, staging_dir
-from scalingnote.encoders import BUILTINS, builtin_path, gguf_source
+from scalingnote.artifacts import publish_dir, staging_dir
+from scalingnote.specs import builtin_path, gguf_source
 
 
 def prepare(name: str) -> Path:
@@ -18,10 +18,6 @@ def prepare(name: str) -> Path:
     if name == "smollm2-135m":
         _convert_gguf(gguf_source(name), target)
     return target
-
-
-def prepare_all() -> dict[str, Path]:
-    return {name: prepare(name) for name in BUILTINS}
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -37,4 +33,4 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp = staging_dir(target)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    publish(tmp, target)
+    publish_dir(tmp, target)

@@ -3,7 +3,7 @@
 By default the two towers hold separate copies of the weights (ScalingNote's asymmetric dual tower); with
 ``shared=True`` they share backbone and projection but keep their own tokenisation (query/doc lengths,
 prefixes). Saved as a dual directory: ``dual.json`` + ``query/`` + ``doc/`` tower dirs, where the query
-tower's ``target`` names the doc tower, so only indexes built by ``doc/`` accept its queries.
+tower's ``space`` names the doc tower, so only indexes built by ``doc/`` accept its queries.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modeling.student import cut_layers
-from modeling.tower import Tower
-from scalingnote.artifacts import DocTower, EncoderConfig, weights_sha256
-from scalingnote.encoders import DUAL_JSON
+from scalingnote.artifacts import DUAL_JSON, EmbeddingSpace, EncoderConfig, weights_sha256
+from scalingnote.modeling.student import cut_layers
+from scalingnote.modeling.tower import Tower, freeze_input_embeddings, merged
 
 
 class DualTower(nn.Module):
@@ -69,7 +68,7 @@ class DualTower(nn.Module):
     def freeze_input_embeddings(self) -> None:
         """Keep the token embedding tables fixed (most of a small LLM's parameters; little to gain on CPU)."""
         for tower in (self.query, self.doc):
-            tower.backbone.get_input_embeddings().weight.requires_grad_(False)
+            freeze_input_embeddings(tower.backbone)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass: less memory for longer documents or bigger batches."""
@@ -94,20 +93,21 @@ class DualTower(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query(**query_inputs), self.doc(**doc_inputs)
 
-    def save(self, path: Path) -> DocTower:
+    def save(self, path: Path) -> EmbeddingSpace:
         """Write ``doc/`` first (its hash names the space), then ``query/`` targeting it, then ``dual.json``."""
         path.mkdir(parents=True, exist_ok=True)
-        merged: dict[int, nn.Module] = {}
+        plain: dict[int, nn.Module] = {}
         for tower in (self.query, self.doc):  # LoRA adapters are merged into plain weights (once if shared)
-            if hasattr(tower.backbone, "merge_and_unload"):
-                tower.backbone = merged.setdefault(id(tower.backbone), tower.backbone.merge_and_unload())
+            tower.backbone = plain.setdefault(id(tower.backbone), merged(tower.backbone))
             if tower.is_llm:  # save_pretrained records the base class (e.g. LlamaModel): keep it known as an LLM
                 tower.backbone.config.is_decoder = True
         self.doc.save(path / "doc", id=f"{self.ident}/doc", role="doc", backbone=self.backbone_name)
-        space = DocTower(id=f"{self.ident}/doc", sha256=weights_sha256(path / "doc"), dim=self.doc.dim)
+        space = EmbeddingSpace(id=f"{self.ident}/doc", sha256=weights_sha256(path / "doc"), dim=self.doc.dim)
         self.query.save(
-            path / "query", id=f"{self.ident}/query", role="query", backbone=self.backbone_name, target=space
+            path / "query", id=f"{self.ident}/query", role="query", backbone=self.backbone_name, space=space
         )
-        dual = {"id": self.ident, "backbone": self.backbone_name, "shared": self.shared, "doc_tower": space}
-        (path / DUAL_JSON).write_text(json.dumps(dual, indent=2, default=DocTower.model_dump) + "\n", encoding="utf-8")
+        dual = {"id": self.ident, "backbone": self.backbone_name, "shared": self.shared, "space": space}
+        (path / DUAL_JSON).write_text(
+            json.dumps(dual, indent=2, default=EmbeddingSpace.model_dump) + "\n", encoding="utf-8"
+        )
         return space

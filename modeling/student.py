@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling.pooling import pool
-from modeling.tower import Tower
 from scalingnote.artifacts import EncoderConfig
 from scalingnote.errors import UserError
+from scalingnote.modeling.pooling import pool
+from scalingnote.modeling.tower import Tower
 
 
 def cut_layers(backbone: nn.Module, keep: int) -> None:

@@ -7,7 +7,6 @@ pooling) and saved with the tower, so that the ONNX bundle and the service token
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,10 +19,16 @@ from tokenizers import Encoding, Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
-from modeling.pooling import pool
-from scalingnote.artifacts import EncoderConfig, TowerMeta
-from scalingnote.encoders import TOWER_JSON, hf_dim
-from scalingnote.tokenization import json_or_empty, load_tokenizer, pad_encodings
+from scalingnote.artifacts import TOKENIZER_FILE, TOWER_JSON, EncoderConfig, TowerMeta
+from scalingnote.modeling.pooling import pool
+from scalingnote.runtime.tokenization import (
+    copy_sidecars,
+    json_or_empty,
+    length_sorted_batches,
+    load_tokenizer,
+    pad_encodings,
+)
+from scalingnote.specs import hf_dim
 
 Dtype = Literal["auto", "fp32", "bf16"]
 PROJECTION_FILE = "projection.safetensors"
@@ -31,6 +36,16 @@ PROJECTION_FILE = "projection.safetensors"
 
 def is_decoder(config: dict) -> bool:
     return bool(config.get("is_decoder")) or any(a.endswith("ForCausalLM") for a in config.get("architectures", []))
+
+
+def freeze_input_embeddings(backbone: nn.Module) -> None:
+    """Keep a backbone's token-embedding table fixed (most of a small model's parameters)."""
+    backbone.get_input_embeddings().weight.requires_grad_(False)
+
+
+def merged(backbone: nn.Module) -> nn.Module:
+    """``backbone`` with LoRA adapters merged into plain weights (unchanged when it has none)."""
+    return backbone.merge_and_unload() if hasattr(backbone, "merge_and_unload") else backbone
 
 
 def default_encoder_config(path: Path) -> EncoderConfig:
@@ -113,8 +128,16 @@ class Tower(nn.Module):
         self.tokenizer.enable_truncation(max_length)
 
     @property
+    def name(self) -> str:
+        return self.meta.id
+
+    @property
     def dim(self) -> int:
         return self.meta.dim
+
+    @property
+    def engine(self) -> str:
+        return f"torch-{str(self.resolve_dtype('auto')).removeprefix('torch.')}"
 
     @property
     def is_llm(self) -> bool:
@@ -124,13 +147,10 @@ class Tower(nn.Module):
         """Write weights, tokenizer and ``tower.json`` (``updates`` set meta fields such as id/target)."""
         path.mkdir(parents=True, exist_ok=True)
         self.meta = self.meta.model_copy(update=updates)
-        if hasattr(self.backbone, "merge_and_unload"):  # LoRA: save plain merged weights
-            self.backbone = self.backbone.merge_and_unload()
+        self.backbone = merged(self.backbone)
         self.backbone.save_pretrained(path)
-        self.tokenizer.save(str(path / "tokenizer.json"))
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            if self.source is not None and (self.source / name).is_file() and self.source != path:
-                shutil.copyfile(self.source / name, path / name)
+        self.tokenizer.save(str(path / TOKENIZER_FILE))
+        copy_sidecars(self.source, path)
         if self.projection is not None:
             save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, path / PROJECTION_FILE)
         (path / TOWER_JSON).write_text(self.meta.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -152,8 +172,7 @@ class Tower(nn.Module):
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
     def resolve_dtype(self, dtype: Dtype) -> torch.dtype:
-        """``auto``: bf16 autocast for LLM backbones on a GPU, else fp32. On this project's CPUs bf16 autocast
-        was slower than fp32 even with AVX512-BF16 (SmolLM2 0.62x, MiniLM 0.63x: ``bench/index_build.py``)."""
+        """``auto``: bf16 autocast for LLM backbones on a GPU, else fp32 (bf16 is slower on CPUs: bench/README)."""
         if dtype == "auto":
             on_gpu = next(self.parameters()).is_cuda
             return torch.bfloat16 if self.is_llm and on_gpu else torch.float32
@@ -165,20 +184,18 @@ class Tower(nn.Module):
         texts: Sequence[str],
         batch_size: int = 64,
         dtype: Dtype = "auto",
-        progress: bool = True,
+        progress: bool = False,
         desc: str = "encode",
     ) -> np.ndarray:
-        """Embed ``texts`` in length-sorted batches (less padding); returns float32 [N, dim]."""
+        """Embed ``texts`` in batches of similar token length (less padding); returns float32 [N, dim]."""
         was_training = self.training
         self.eval()
         encodings = self.tokenize(texts)
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         cast = self.resolve_dtype(dtype)
         device = next(self.parameters()).device
         with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
-            for start in range(0, len(texts), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in length_sorted_batches(encodings, batch_size):
                 ids, mask = pad_encodings([encodings[i] for i in idx], self.pad_id)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cast == torch.bfloat16):
                     vec = self(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))

@@ -2,12 +2,12 @@
 
 Two artifact kinds, each a directory with a JSON manifest:
 
-* **index** (``manifest.json``): ``index.faiss``, ``docs.json`` (ordered ids and titles), the doc tower
-  that made the vectors, dim, metric, count, factory string and file checksums.
+* **index** (``manifest.json``): ``index.faiss``, ``docs.json`` (ordered ids and titles), the embedding space
+  of the doc tower that made the vectors, metric, count, factory string and file checksums.
 * **model bundle** (``bundle.json``): ONNX query encoder(s), ``tokenizer.json``, pooling, dim, max length,
-  prefix, teacher id and the doc tower whose index it queries.
+  prefix, teacher id, the embedding space it queries and its export gates.
 
-A query encoder may search an index only when both name the same :class:`DocTower`.
+A query encoder may search an index only when both name the same :class:`EmbeddingSpace`.
 Directories are published atomically: build in a sibling staging dir, then rename into place.
 """
 
@@ -23,19 +23,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from scalingnote.errors import ArtifactError, SpaceMismatchError
+from scalingnote.errors import ArtifactError, SpaceMismatchError, validation_message
 
+# Every file name of the contract.
 INDEX_MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+DOCS_FILE = "docs.json"
 BUNDLE_MANIFEST = "bundle.json"
+TOWER_JSON = "tower.json"
+DUAL_JSON = "dual.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_SIDECARS = ("tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
 Pooling = Literal["mean", "cls", "last-token"]
 
 
-class DocTower(BaseModel):
-    """Identity of an embedding space: the doc tower that embeds the corpus."""
+class EmbeddingSpace(BaseModel):
+    """Identity of an embedding space: the doc tower that embeds the corpus (id, weights hash, dim)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -56,8 +63,13 @@ class EncoderConfig(BaseModel):
     prefix: str = ""
 
 
+def _space_field(old: str, default: object = ...) -> object:
+    """A ``space`` field that also reads the name older manifests used."""
+    return Field(default, validation_alias=AliasChoices("space", old))
+
+
 class TowerMeta(BaseModel):
-    """``tower.json``: a trained tower's config; ``target`` is the doc space a query tower embeds into."""
+    """``tower.json``: a trained tower's config; ``space`` is the doc space a query tower embeds into."""
 
     id: str
     backbone: str
@@ -66,14 +78,14 @@ class TowerMeta(BaseModel):
     dim: int
     append_eos: bool = False
     projection: bool = False
-    target: DocTower | None = None
+    space: EmbeddingSpace | None = _space_field("target", None)
     teacher: str = ""
 
 
 class IndexManifest(BaseModel):
     format: Literal["scalingnote-index/1"] = "scalingnote-index/1"
     version: str
-    doc_tower: DocTower
+    space: EmbeddingSpace = _space_field("doc_tower")
     encoder: EncoderConfig
     metric: Literal["ip", "l2"] = "ip"
     count: int
@@ -87,11 +99,11 @@ class BundleManifest(BaseModel):
     format: Literal["scalingnote-bundle/1"] = "scalingnote-bundle/1"
     name: str
     teacher_id: str
-    doc_tower: DocTower
+    space: EmbeddingSpace = _space_field("doc_tower")
     encoder: EncoderConfig
     dim: int
     variants: dict[str, str]
-    parity: dict[str, float] = {}
+    gates: dict[str, float] = Field({}, validation_alias=AliasChoices("gates", "parity"))
     created_at: str
     files: dict[str, str]
 
@@ -144,9 +156,10 @@ def read_manifest(directory: Path, filename: str, model: type[M]) -> M:
         raise ArtifactError(f"{directory} has no {filename}: not a scalingnote artifact")
     try:
         return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"{path}: invalid manifest ({first})") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: invalid manifest (malformed JSON: {exc.msg})") from None
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: invalid manifest ({validation_message(exc)})") from None
 
 
 def verify_checksums(directory: Path, files: dict[str, str]) -> None:
@@ -173,7 +186,7 @@ def read_bundle_manifest(directory: Path, verify: bool = False) -> BundleManifes
     return manifest
 
 
-def check_space(query_space: DocTower, index_space: DocTower, what: str = "query encoder") -> None:
+def check_space(query_space: EmbeddingSpace, index_space: EmbeddingSpace, what: str = "query encoder") -> None:
     """Refuse a query encoder that does not embed into the index's space."""
     if query_space.dim != index_space.dim:
         raise SpaceMismatchError(
@@ -208,7 +221,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish_dir(tmp: Path, final: Path) -> None:
     """Move a finished staging dir to ``final``; an existing ``final`` is replaced atomically."""
     tmp, final = Path(tmp), Path(final)
     fsync_dir(tmp)

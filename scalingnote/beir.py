@@ -48,20 +48,25 @@ class BeirDataset:
         return {qid: self.queries[qid] for qid in self.qrels[split]}
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every non-blank line of a text file that must exist."""
     if not path.is_file():
         raise DatasetError(f"missing file: {path}")
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            if line.strip():
+                yield lineno, line
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    for lineno, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _str_field(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -95,16 +100,11 @@ def load_queries(path: Path) -> dict[str, str]:
         for lineno, obj in _jsonl(path):
             queries[_str_field(obj, "_id", path, lineno)] = _str_field(obj, "text", path, lineno)
     else:
-        if not path.is_file():
-            raise DatasetError(f"missing file: {path}")
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                qid, sep, text = line.rstrip("\r\n").partition("\t")
-                if not sep or not qid or not text.strip():
-                    raise DatasetError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
-                queries[qid] = text
+        for lineno, line in _lines(path):
+            qid, sep, text = line.rstrip("\r\n").partition("\t")
+            if not sep or not qid or not text.strip():
+                raise DatasetError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
+            queries[qid] = text
     if not queries:
         raise DatasetError(f"{path}: no queries")
     return queries

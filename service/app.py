@@ -14,14 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import scalingnote
-from service import lifecycle
-from service.batcher import Overloaded
-from service.deps import ServiceState
-from service.engine import Engine
-from service.metrics import Metrics
-from service.routes import api_router
-from service.schemas import ErrorBody
-from service.settings import Settings
+from scalingnote.service import lifecycle
+from scalingnote.service.batcher import Overloaded
+from scalingnote.service.deps import ServiceState
+from scalingnote.service.engine import Engine
+from scalingnote.service.metrics import Metrics
+from scalingnote.service.routes import api_router
+from scalingnote.service.schemas import ErrorBody
+from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
 

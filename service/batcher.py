@@ -16,8 +16,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from service.engine import BatchOutput, Engine
-from service.metrics import Metrics
+from scalingnote.service.engine import BatchOutput, Engine
+from scalingnote.service.metrics import Metrics
 
 log = logging.getLogger("scalingnote.service")
 

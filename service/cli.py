@@ -23,17 +23,16 @@ def serve_command(
     import uvicorn
     from pydantic import ValidationError
 
-    from scalingnote.errors import UserError
-    from service.app import create_app
-    from service.engine import Engine
-    from service.settings import Settings
+    from scalingnote.errors import UserError, validation_message
+    from scalingnote.service.app import create_app
+    from scalingnote.service.engine import Engine
+    from scalingnote.service.settings import Settings
 
     overrides: dict[str, Any] = {"bundle": bundle, "index_root": index, "host": host, "port": port}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"invalid settings (SCALINGNOTE_* env, .env or options): {problems}") from None
+        raise UserError(f"invalid settings (SCALINGNOTE_* env, .env or options): {validation_message(exc)}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = Engine.from_settings(settings)  # fails fast (exit 2) on a mismatched or corrupt bundle/index
     uvicorn.run(

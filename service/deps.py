@@ -15,10 +15,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
-from service.batcher import Batcher
-from service.engine import Engine
-from service.metrics import Metrics
-from service.settings import Settings
+from scalingnote.service.batcher import Batcher
+from scalingnote.service.engine import Engine
+from scalingnote.service.metrics import Metrics
+from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
 

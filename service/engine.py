@@ -13,26 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from index import versions
-from index.store import LoadedIndex
 from scalingnote.artifacts import check_space, read_bundle_manifest, read_index_manifest
-from scalingnote.bundle import BundleEncoder
 from scalingnote.errors import ArtifactError, UserError
-from service.settings import Settings
+from scalingnote.index import versions
+from scalingnote.index.store import Hit, LoadedIndex
+from scalingnote.runtime.bundle import BundleEncoder
+from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
 
 SELF_CHECK_QUERY = "what is the effect of exercise on blood pressure"
-
-
-class Hit(NamedTuple):
-    id: str
-    score: float
-    title: str | None
 
 
 @dataclass
@@ -81,8 +74,8 @@ class Engine:
         index_path = Path(settings.index_root)
         # Check the embedding space before loading the (large) ONNX graph and index.
         target = versions.current_path(index_path) if versions.is_root(index_path) else index_path
-        encoder_space = read_bundle_manifest(settings.bundle).doc_tower
-        check_space(encoder_space, read_index_manifest(target).doc_tower, what=f"bundle {settings.bundle}")
+        encoder_space = read_bundle_manifest(settings.bundle).space
+        check_space(encoder_space, read_index_manifest(target).space, what=f"bundle {settings.bundle}")
         encoder = BundleEncoder(
             settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
         )
@@ -102,7 +95,7 @@ class Engine:
     def open(self, path: Path) -> Generation:
         """Load, verify, space-check and self-check the index at ``path`` (does not serve it yet)."""
         manifest = read_index_manifest(path)
-        check_space(self.encoder.manifest.doc_tower, manifest.doc_tower, what=f"bundle {self.encoder.path}")
+        check_space(self.encoder.manifest.space, manifest.space, what=f"bundle {self.encoder.path}")
         index = LoadedIndex.load(path, verify=self.verify)
         self.self_check(index)
         return Generation(index, manifest.version, Path(path).name, manifest.count)
@@ -110,7 +103,7 @@ class Engine:
     def self_check(self, index: LoadedIndex) -> None:
         """Encode a fixed query and search ``index``: finite unit vector of the right dim, valid top hit."""
         vectors, _ = self.encoder.encode_with_flags([SELF_CHECK_QUERY])
-        if vectors.shape != (1, index.manifest.doc_tower.dim) or not np.isfinite(vectors).all():
+        if vectors.shape != (1, index.dim) or not np.isfinite(vectors).all():
             raise ArtifactError(f"self-check failed: query vector of shape {vectors.shape} is not finite/dim")
         if self.encoder.manifest.encoder.normalize and abs(float(np.linalg.norm(vectors)) - 1.0) > 1e-3:
             raise ArtifactError("self-check failed: the bundle's query vector is not L2-normalised")
@@ -187,10 +180,4 @@ class Engine:
             index = gen.index
             assert index is not None  # a leased generation is never released
             vectors, truncated = self.encoder.encode_with_flags(texts)
-            scores, rows = index.search(vectors, k)
-            ids, titles = index.ids, index.titles
-            hits = [
-                [Hit(ids[r], float(s), titles[r] or None) for s, r in zip(srow, rrow, strict=True) if r >= 0]
-                for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
-            ]
-            return BatchOutput(hits, truncated, gen.version)
+            return BatchOutput(index.hits(vectors, k), truncated, gen.version)

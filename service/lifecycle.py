@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 from fastapi import HTTPException, status
 
-from index import versions
 from scalingnote.errors import UserError
-from service.batcher import Batcher
-from service.deps import ServiceState
-from service.engine import Engine, Generation
-from service.schemas import ReloadResponse
+from scalingnote.index import versions
+from scalingnote.service.batcher import Batcher
+from scalingnote.service.deps import ServiceState
+from scalingnote.service.engine import Engine, Generation
+from scalingnote.service.schemas import ReloadResponse
 
 log = logging.getLogger("scalingnote.service")
 

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from scalingnote.index.store import Hit
+
 MAX_K = 1000
 
 
@@ -39,12 +41,6 @@ class BatchSearchRequest(Request):
 
 class ReloadRequest(Request):
     version: str | None = Field(None, description="Version id to serve (default: what ROOT/current points to).")
-
-
-class Hit(BaseModel):
-    id: str
-    score: float
-    title: str | None = Field(None, description="Omitted when the document has no title.")
 
 
 class QueryResult(BaseModel):

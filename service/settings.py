@@ -41,9 +41,6 @@ class Settings(BaseSettings):
     verify_checksums: bool = Field(True, description="sha256-check index and bundle files on load.")
     access_log: bool = False
     log_level: str = "info"
-    slo_p99_ms: float = Field(250.0, gt=0, description="p99 latency bound `pytest -m slo` asserts (CI: loose).")
-    slo_rate: float = Field(100.0, gt=0, description="Fixed request rate (req/s) of `pytest -m slo`.")
-    slo_duration_s: float = Field(20.0, gt=0, description="Seconds of load in `pytest -m slo`.")
 
     @model_validator(mode="after")
     def _queue_holds_a_batch_request(self) -> Self:

@@ -21,8 +21,8 @@ from types import ModuleType
 import httpx
 import pytest
 
-from scalingnote.encoders import builtin_path
 from scalingnote.paths import data_root
+from scalingnote.specs import builtin_path
 
 MINILM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 TOPICS = {
@@ -95,7 +95,7 @@ def scifact() -> Path:
 @pytest.fixture(scope="session")
 def minilm_scifact_index(scifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """all-MiniLM-L6-v2 index of the full SciFact corpus (about 3 min on 2 cores)."""
-    from index.build import build_index
+    from scalingnote.index.build import build_index
 
     out = tmp_path_factory.mktemp("minilm") / "index"
     build_index(scifact, "minilm-l6", out, progress=False)
@@ -139,8 +139,8 @@ class Space:
 
 
 def _space(root: Path, seed: int, n_docs: int) -> Space:
-    from index.build import build_index
-    from training.export import export_bundle
+    from scalingnote.index.build import build_index
+    from scalingnote.training.export import export_bundle
 
     model = make_tiny_bert(root / "model", seed)
     corpus = write_corpus(root / "corpus", n_docs, seed)
@@ -254,10 +254,10 @@ def loadgen() -> ModuleType:
 
 def index_root(path: Path, *indexes: Path) -> Path:
     """A versioned index root with ``indexes`` published in order (the last is current)."""
-    from index.versions import publish
+    from scalingnote.index.versions import publish_version
 
     for index in indexes:
-        publish(index, path)
+        publish_version(index, path)
     return path
 
 
@@ -277,7 +277,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def tiny_tower_config(backbone: Path, **overrides: object):
     """Stage-1 settings small enough for the tiny BERT and the tiny BEIR set."""
-    from training.towers import TowerConfig
+    from scalingnote.training.towers import TowerConfig
 
     base = {"backbone": str(backbone), "steps": 2, "batch_size": 4, "negatives": 1, "lr": 1e-3, "doc_max_length": 32}
     return TowerConfig(**(base | overrides))
@@ -285,7 +285,7 @@ def tiny_tower_config(backbone: Path, **overrides: object):
 
 def tiny_distill_config(backbone: Path, **overrides: object):
     """Stage-2 settings for a 1-layer student of the tiny BERT, on the tiny set's own queries and text."""
-    from training.distill import DistillConfig, StudentConfig
+    from scalingnote.training.distill import DistillConfig, StudentConfig
 
     base = {
         "student": StudentConfig(backbone=str(backbone), layers=1, max_length=32),
@@ -301,7 +301,7 @@ def tiny_distill_config(backbone: Path, **overrides: object):
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_model: Path, tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.towers import train_towers
+    from scalingnote.training.towers import train_towers
 
     root = tmp_path_factory.mktemp("teacher")
     return train_towers(
@@ -311,7 +311,7 @@ def tiny_teacher(tiny_model: Path, tiny_beir: Path, tmp_path_factory: pytest.Tem
 
 @pytest.fixture(scope="session")
 def tiny_teacher_index(tiny_teacher: Path, tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from index.build import build_index
+    from scalingnote.index.build import build_index
 
     out = tmp_path_factory.mktemp("teacher-index") / "index"
     build_index(tiny_beir, str(tiny_teacher), out, progress=False)
@@ -322,7 +322,7 @@ def tiny_teacher_index(tiny_teacher: Path, tiny_beir: Path, tmp_path_factory: py
 def tiny_student(
     tiny_model: Path, tiny_teacher: Path, tiny_teacher_index: Path, tiny_beir: Path, tmp_path_factory
 ) -> Path:
-    from training.distill import distill
+    from scalingnote.training.distill import distill
 
     root = tmp_path_factory.mktemp("student")
     cfg = tiny_distill_config(tiny_model)

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from scalingnote.artifacts import (
-    DocTower,
+    EmbeddingSpace,
     check_space,
     checksums,
-    publish,
+    publish_dir,
     read_index_manifest,
     staging_dir,
     verify_checksums,
@@ -20,11 +20,11 @@ def test_publish_creates_then_swaps_atomically(tmp_path: Path) -> None:
     final = tmp_path / "artifact"
     first = staging_dir(final)
     (first / "v").write_text("1")
-    publish(first, final)
+    publish_dir(first, final)
     assert (final / "v").read_text() == "1" and not first.exists()
     second = staging_dir(final)
     (second / "v").write_text("2")
-    publish(second, final)
+    publish_dir(second, final)
     assert (final / "v").read_text() == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"], "no staging or old dirs are left behind"
 
@@ -52,9 +52,9 @@ def test_manifest_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_space_guard() -> None:
-    a = DocTower(id="teacher/doc", sha256="a" * 64, dim=384)
-    check_space(a, DocTower(id="renamed", sha256="a" * 64, dim=384))
+    a = EmbeddingSpace(id="teacher/doc", sha256="a" * 64, dim=384)
+    check_space(a, EmbeddingSpace(id="renamed", sha256="a" * 64, dim=384))
     with pytest.raises(SpaceMismatchError, match="dim 768 does not match index dim 384"):
-        check_space(DocTower(id="x", sha256="a" * 64, dim=768), a)
+        check_space(EmbeddingSpace(id="x", sha256="a" * 64, dim=768), a)
     with pytest.raises(SpaceMismatchError, match="different embedding spaces"):
-        check_space(DocTower(id="teacher/doc", sha256="b" * 64, dim=384), a)
+        check_space(EmbeddingSpace(id="teacher/doc", sha256="b" * 64, dim=384), a)

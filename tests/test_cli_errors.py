@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from index.build import build_index
+from scalingnote.index.build import build_index
 from tests.conftest import make_tiny_bert
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scalingnote", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "scalingnote.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

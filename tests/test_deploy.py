@@ -226,7 +226,7 @@ def health_server() -> Iterator[tuple[int, type[_Health]]]:
 
 def service_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """The real FastAPI app from ``service.app.create_app`` (nothing loaded: its lifespan is not run)."""
-    from service.app import create_app
+    from scalingnote.service.app import create_app
 
     for key in [k for k in os.environ if k.startswith("SCALINGNOTE_")]:
         monkeypatch.delenv(key)
@@ -307,7 +307,7 @@ def c_labels() -> dict[str, str]:
 
 def test_service_default_port_matches() -> None:
     """The serve settings' default port is the one the images, compose and manifests use."""
-    from service.settings import Settings
+    from scalingnote.service.settings import Settings
 
     assert Settings.model_fields["port"].default == SERVE_PORT
 
@@ -345,13 +345,8 @@ class Block:
         if name.split(".")[0] in ("torch", "transformers"):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
-import scalingnote.cli, scalingnote.bundle, index.store
-try:
-    import service.app, service.engine
-except ModuleNotFoundError as exc:
-    if exc.name and exc.name.startswith("service"):
-        raise SystemExit(0)
-    raise
+import scalingnote.cli, scalingnote.runtime.bundle, scalingnote.index.store
+import scalingnote.service.app, scalingnote.service.engine
 sys.argv = ["scalingnote", "serve", "--help"]
 scalingnote.cli.main()
 """
@@ -483,9 +478,7 @@ def test_dockerignore_keeps_junk_out_and_sources_in() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert {".git", ".venv", ".cache", "artifacts"} <= set(patterns)
     assert any("__pycache__" in p for p in patterns)
-    needed = ["pyproject.toml", "README.md"] + [
-        pkg.rstrip("*") for pkg in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    ]
+    needed = ["pyproject.toml", "README.md", *PYPROJECT["tool"]["setuptools"]["package-dir"].values()]
     for path in needed:
         hit = [p for p in patterns if not p.startswith("!") and (fnmatch(path, p) or fnmatch(path, p.lstrip("*/")))]
         assert not hit, f".dockerignore drops {path} (pattern {hit})"

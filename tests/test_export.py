@@ -11,22 +11,16 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import training.export as export
-from index.store import LoadedIndex
-from modeling.tower import Tower
+import scalingnote.training.export.bundle as export
 from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
 from scalingnote.beir import load_queries
-from scalingnote.bundle import BundleEncoder
 from scalingnote.errors import SpaceMismatchError
-from training.export import (
-    INT8_RECIPES,
-    MAX_INT8_LATENCY,
-    ExportError,
-    SmoothedLinear,
-    export_bundle,
-    ffn_output_matmuls,
-    smooth_ffn,
-)
+from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.tower import Tower
+from scalingnote.runtime.bundle import BundleEncoder
+from scalingnote.training.export import ExportError, export_bundle
+from scalingnote.training.export.graph import ffn_output_matmuls
+from scalingnote.training.export.quantize import INT8_RECIPES, MAX_INT8_LATENCY, SmoothedLinear, smooth_ffn
 
 
 def _queries(tiny_beir: Path) -> list[str]:
@@ -35,8 +29,8 @@ def _queries(tiny_beir: Path) -> list[str]:
 
 def test_student_bundle_targets_the_teacher_index(tiny_student: Path, tiny_teacher_index: Path, tmp_path: Path) -> None:
     manifest = export_bundle(str(tiny_student), tmp_path / "b", index_dir=tiny_teacher_index, int8=False, log=print)
-    assert manifest.doc_tower == read_index_manifest(tiny_teacher_index).doc_tower
-    assert manifest.parity["fp32_min_cosine"] >= 0.9999
+    assert manifest.space == read_index_manifest(tiny_teacher_index).space
+    assert manifest.gates["fp32_min_cosine"] >= 0.9999
     vecs = BundleEncoder(tmp_path / "b").encode(["mitochondria energy"])
     _, rows = LoadedIndex.load(tiny_teacher_index).search(vecs, 3)
     assert (rows >= 0).all()
@@ -45,8 +39,8 @@ def test_student_bundle_targets_the_teacher_index(tiny_student: Path, tiny_teach
 @pytest.mark.parametrize("pooling", ["last-token", "mean"])
 def test_llm_teacher_query_tower_exports_with_eos_and_parity(pooling: str, tmp_path: Path) -> None:
     """An LLM dual tower's query side (the ``teacher-bundle`` stage of LLM profiles): EOS appended, parity kept."""
-    from modeling.dual import DualTower
     from scalingnote.artifacts import EncoderConfig
+    from scalingnote.modeling.dual import DualTower
     from tests.test_tower import TEXTS, make_tiny_llama
 
     enc = EncoderConfig(pooling=pooling, max_length=16)
@@ -55,7 +49,7 @@ def test_llm_teacher_query_tower_exports_with_eos_and_parity(pooling: str, tmp_p
     )
     dual.save(tmp_path / "dual")
     manifest = export_bundle(str(tmp_path / "dual"), tmp_path / "b", queries=list(TEXTS), int8=False, log=print)
-    assert manifest.parity["fp32_min_cosine"] >= 0.9999 and manifest.encoder.pooling == pooling
+    assert manifest.gates["fp32_min_cosine"] >= 0.9999 and manifest.encoder.pooling == pooling
     tower = Tower.from_pretrained(tmp_path / "dual" / "query")
     want = tower.encode(list(TEXTS), progress=False)
     got = BundleEncoder(tmp_path / "b").encode(list(TEXTS))
@@ -132,3 +126,49 @@ def test_smoothing_keeps_the_function_and_wraps_every_ffn_linear(tiny_student: P
     assert any(not torch.allclose(w.inv_scale, torch.ones_like(w.inv_scale)) for w in wrapped)
     before, after = (t.encode(texts, dtype="fp32", progress=False) for t in (tower, smoothed))
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_fp16_variant_is_gated_and_runs_on_the_cpu(
+    tiny_student: Path, tiny_teacher_index: Path, tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 is tried where a GPU is (here: pretended); ONNX Runtime's converter output also runs on the CPU."""
+    monkeypatch.setattr(export, "cuda_available", lambda: True)
+    queries = _queries(tiny_beir)
+    manifest = export_bundle(
+        str(tiny_student), tmp_path / "b", index_dir=tiny_teacher_index, queries=queries, int8=False, log=print
+    )
+    assert manifest.variants == {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+    assert manifest.gates["fp16_top10_overlap"] >= 0.95
+    graph = onnx.load(str(tmp_path / "b" / "model.fp16.onnx")).graph
+    floats = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in floats) > len(floats) / 2
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 at the boundary
+    fp16 = BundleEncoder(tmp_path / "b", variant="fp16").encode(queries)
+    fp32 = BundleEncoder(tmp_path / "b", variant="fp32").encode(queries)
+    assert fp16.dtype == np.float32 and np.min((fp16 * fp32).sum(1)) > 0.999
+
+    refused = export_bundle(
+        str(tiny_student), tmp_path / "c", index_dir=tiny_teacher_index, queries=queries, int8=False,
+        min_overlap=1.01, log=print,
+    )  # fmt: skip
+    assert "fp16" not in refused.variants and not (tmp_path / "c" / "model.fp16.onnx").exists()
+
+
+def test_cuda_is_detected_from_a_device_not_from_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu lists the CUDA provider with no GPU present: that must not count as a GPU."""
+    import onnxruntime as ort
+
+    from scalingnote.artifacts import BundleManifest
+    from scalingnote.runtime import device
+    from scalingnote.runtime.bundle import pick_variant
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    device.cuda_available.cache_clear()
+    try:
+        assert device.cuda_available() is False  # this machine (and CI) has no GPU
+        manifest = BundleManifest.model_construct(variants={"fp32": "a", "int8": "b", "fp16": "c"}, name="x")
+        assert pick_variant(manifest, "auto") == "int8"
+    finally:
+        device.cuda_available.cache_clear()

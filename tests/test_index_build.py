@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.build import build_index, work_dir
-from index.store import LoadedIndex
-from modeling.tower import Tower
 from scalingnote.artifacts import read_index_manifest, weights_sha256
 from scalingnote.errors import ArtifactError, UserError
+from scalingnote.index.build import build_index, work_dir
+from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.tower import Tower
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def tiny_index(tiny_model: Path, tiny_beir: Path, tmp_path_factory: pytest.TempP
 
 def test_manifest_describes_the_index(tiny_index: Path, tiny_model: Path) -> None:
     m = read_index_manifest(tiny_index, verify=True)
-    assert m.count == 40 and m.doc_tower.dim == 32 and m.factory == "Flat" and m.metric == "ip"
-    assert m.doc_tower.sha256 == weights_sha256(tiny_model)
+    assert m.count == 40 and m.space.dim == 32 and m.factory == "Flat" and m.metric == "ip"
+    assert m.space.sha256 == weights_sha256(tiny_model)
     assert m.encoder.pooling == "mean" and set(m.files) == {"index.faiss", "docs.json"}
     assert not work_dir(tiny_index).exists(), "resume shards are removed after a successful build"
 
@@ -63,7 +63,7 @@ def _build_cmd(dataset: Path, model: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "scalingnote",
+        "scalingnote.cli",
         "index",
         "build",
         "--dataset",

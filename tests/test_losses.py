@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from modeling.losses import EmbeddingDistill, InfoNCE, ScoreDistill, false_negative_mask
+from scalingnote.modeling.losses import EmbeddingDistill, InfoNCE, ScoreDistill, false_negative_mask
 
 
 def test_infonce_matches_hand_computation() -> None:

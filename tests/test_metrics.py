@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.bm25 import bm25_run
-from evaluation.metrics import evaluate
 from scalingnote.beir import load_dataset
+from scalingnote.evaluation.bm25 import bm25_run
+from scalingnote.evaluation.metrics import evaluate
 
 
 def test_perfect_and_partial_rankings() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from index.store import LoadedIndex
 from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
 from scalingnote.beir import load_dataset
-from scalingnote.bundle import BundleEncoder
-from scalingnote.encoders import doc_space, query_space, resolve
+from scalingnote.index.store import LoadedIndex
+from scalingnote.runtime.bundle import BundleEncoder
+from scalingnote.specs import doc_space, query_space, resolve
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -55,15 +55,15 @@ def test_cpu_profile_end_to_end_then_rerun_skips_everything(scifact: Path, tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
 
     space = doc_space(resolve(out / "teacher"))
-    assert read_index_manifest(out / "teacher-index").doc_tower == space
+    assert read_index_manifest(out / "teacher-index").space == space
     assert query_space(resolve(out / "student")) == space
     assert query_space(resolve(out / "student-l2")) == space
     e2e = doc_space(resolve(out / "end2end"))
     assert e2e != space and query_space(resolve(out / "end2end")) == e2e
-    assert read_index_manifest(out / "end2end-index").doc_tower == e2e
-    assert read_bundle_manifest(out / "teacher-bundle").doc_tower == space
+    assert read_index_manifest(out / "end2end-index").space == e2e
+    assert read_bundle_manifest(out / "teacher-bundle").space == space
     bundle = read_bundle_manifest(out / "bundle", verify=True)
-    assert bundle.doc_tower == space and bundle.parity["fp32_min_cosine"] >= 0.9999
+    assert bundle.space == space and bundle.gates["fp32_min_cosine"] >= 0.9999
 
     index = LoadedIndex.load(out / "teacher-index")
     _, rows = index.search(BundleEncoder(out / "bundle").encode(["vitamin D deficiency and bone density"]), 5)
@@ -73,6 +73,8 @@ def test_cpu_profile_end_to_end_then_rerun_skips_everything(scifact: Path, tmp_p
     report = json.loads((out / "report.json").read_text())
     systems = [r["system"] for r in report["rows"]]
     assert systems[:2] == ["BM25", "minilm-l6 off the shelf"]
+    assert [r["role"] for r in report["rows"][:4]] == ["bm25", "baseline", "teacher", "teacher"]
+    assert {(r["layers"], r["variant"]) for r in report["rows"] if r["role"] == "student"} >= {(4, "torch"), (2, "fp32")}
     expected = {
         "teacher: stage-1 query tower (torch)",
         "teacher query tower, ONNX fp32",

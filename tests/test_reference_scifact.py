@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 def eval_json(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "eval.json"
-    cmd = [sys.executable, "-m", "scalingnote", "eval", "--split", "test", "--json", str(out), *args]
+    cmd = [sys.executable, "-m", "scalingnote.cli", "eval", "--split", "test", "--json", str(out), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text())

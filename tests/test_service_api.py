@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from scalingnote.artifacts import read_index_manifest
-from service.app import create_app
-from service.settings import Settings
+from scalingnote.service.app import create_app
+from scalingnote.service.settings import Settings
 from tests.conftest import Space
 
 API_KEY = "test-key"

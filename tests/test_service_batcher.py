@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.versions import current_version
 from scalingnote.artifacts import read_index_manifest
 from scalingnote.errors import ArtifactError, SpaceMismatchError, UserError
-from service.batcher import Batcher, Overloaded
-from service.engine import Engine
-from service.metrics import Metrics
-from service.settings import Settings
+from scalingnote.index.versions import current_version
+from scalingnote.service.batcher import Batcher, Overloaded
+from scalingnote.service.engine import Engine
+from scalingnote.service.metrics import Metrics
+from scalingnote.service.settings import Settings
 from tests.conftest import Space, index_root
 
 
@@ -89,7 +89,7 @@ def test_a_full_queue_refuses_at_once_and_recovers(engine: Engine) -> None:
 def test_swapped_out_generation_serves_its_in_flight_batch_then_is_released(
     engine: Engine, tiny: Space, second_corpus: Path, tmp_path: Path
 ) -> None:
-    from index.build import build_index
+    from scalingnote.index.build import build_index
 
     build_index(second_corpus, str(tiny.model), tmp_path / "v2", progress=False)
     root = index_root(tmp_path / "root", tiny.index)

@@ -16,9 +16,9 @@ from types import ModuleType
 
 import httpx
 
-from index import versions
-from index.build import work_dir
 from scalingnote.artifacts import read_index_manifest
+from scalingnote.index import versions
+from scalingnote.index.build import work_dir
 from tests.conftest import Space, index_root, run_cli, write_corpus
 
 API_KEY = "server-test-key"
@@ -49,8 +49,8 @@ def test_the_service_process_never_imports_torch(tiny: Space, serve) -> None:
     script = f"""
 import json, sys
 from fastapi.testclient import TestClient
-from service.app import create_app
-from service.settings import Settings
+from scalingnote.service.app import create_app
+from scalingnote.service.settings import Settings
 app = create_app(Settings(_env_file=None, bundle={str(tiny.bundle)!r}, index_root={str(tiny.index)!r}))
 with TestClient(app) as client:
     r = client.post("/search", json={{"query": "gene", "k": 3}})
@@ -143,7 +143,7 @@ def test_reload_onto_mismatched_or_corrupt_index_is_rejected_and_old_serves_on(
 
 
 def test_admin_reload_to_a_version_and_rollback(tiny: Space, second_corpus: Path, serve, tmp_path: Path) -> None:
-    from index.build import build_index
+    from scalingnote.index.build import build_index
 
     build_index(second_corpus, str(tiny.model), tmp_path / "v2", progress=False)
     root = index_root(tmp_path / "root", tiny.index, tmp_path / "v2")
@@ -169,7 +169,7 @@ def test_sigkilled_rebuild_leaves_the_server_on_the_old_version(tiny: Space, ser
     root = index_root(tmp_path / "root", tiny.index)
     old = versions.current_version(root)
     corpus = write_corpus(tmp_path / "big", 400, seed=3)
-    cmd = [sys.executable, "-m", "scalingnote", "index", "rebuild", "--dataset", str(corpus), "--doc-encoder",
+    cmd = [sys.executable, "-m", "scalingnote.cli", "index", "rebuild", "--dataset", str(corpus), "--doc-encoder",
            str(tiny.model), "--root", str(root), "--shard-size", "1", "--batch-size", "1"]  # fmt: skip
     with serve(tiny.bundle, root, reload_poll_seconds=0.1) as server:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from modeling.pooling import pool
-from modeling.tower import Tower
 from scalingnote.errors import ArtifactError
+from scalingnote.modeling.pooling import pool
+from scalingnote.modeling.tower import Tower
 
 TEXTS = ["dna", "the immune system fights a virus infection", "aspirin and the heart", "neurons fire"]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling.student import fit_projection
-from modeling.tower import Tower
 from scalingnote.beir import load_dataset
-from scalingnote.encoders import doc_space, query_space, resolve
+from scalingnote.modeling.student import fit_projection
+from scalingnote.modeling.tower import Tower
+from scalingnote.specs import doc_space, query_space, resolve
+from scalingnote.training.distill import distill, distillation_queries
+from scalingnote.training.doc2query import Doc2QueryConfig, generate_queries, read_cache
+from scalingnote.training.query_finetune import FinetuneConfig, train_query_finetune
 from tests.conftest import tiny_distill_config
 from tests.test_tower import make_tiny_llama
-from training.distill import distill, distillation_queries
-from training.doc2query import Doc2QueryConfig, generate_queries, read_cache
-from training.query_finetune import FinetuneConfig, train_query_finetune
 
 
 def _curve(path: Path) -> list[dict]:
@@ -75,7 +75,7 @@ def test_query_finetune_baseline_learns_against_the_frozen_index(
     out = train_query_finetune(cfg, tiny_teacher_index, tiny_beir, tmp_path / "e", work=tmp_path / "w")
     losses = [r["loss"] for r in _curve(out / "curves.jsonl")]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    index_space = json.loads((tiny_teacher_index / "manifest.json").read_text())["doc_tower"]
+    index_space = json.loads((tiny_teacher_index / "manifest.json").read_text())["space"]
     assert query_space(resolve(out)).model_dump() == index_space
 
 

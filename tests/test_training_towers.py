@@ -11,16 +11,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from modeling.dual import DualTower
-from modeling.losses import InfoNCE
 from scalingnote.artifacts import read_index_manifest
 from scalingnote.beir import load_dataset
-from scalingnote.encoders import doc_space, query_space, resolve
 from scalingnote.errors import UserError
+from scalingnote.modeling.dual import DualTower
+from scalingnote.modeling.losses import InfoNCE
+from scalingnote.specs import doc_space, query_space, resolve
+from scalingnote.training.data import Batches, doc_key, mine_negatives, qrels_examples, title_examples
+from scalingnote.training.loop import LoopConfig, train_loop
+from scalingnote.training.towers import train_towers
 from tests.conftest import tiny_tower_config
-from training.data import Batches, doc_key, mine_negatives, qrels_examples, title_examples
-from training.loop import LoopConfig, train_loop
-from training.towers import train_towers
 
 
 def _step(dual: DualTower) -> None:
@@ -73,8 +73,8 @@ def test_train_towers_publishes_a_dual_whose_query_side_targets_its_doc_tower(
     space = doc_space(ref)
     assert query_space(ref) == space
     query_meta = json.loads((tiny_teacher / "query" / "tower.json").read_text())
-    assert query_meta["role"] == "query" and query_meta["target"] == space.model_dump()
-    assert read_index_manifest(tiny_teacher_index).doc_tower == space
+    assert query_meta["role"] == "query" and query_meta["space"] == space.model_dump()
+    assert read_index_manifest(tiny_teacher_index).space == space
     curve = [json.loads(line) for line in (tiny_teacher / "curves.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve] == [1, 2] and all(r["loss"] > 0 for r in curve)
     assert (tiny_teacher / "curves.png").stat().st_size > 0

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from index import versions
-from index.build import work_dir
-from index.store import LoadedIndex
 from scalingnote.artifacts import read_index_manifest
 from scalingnote.errors import ArtifactError, UserError
+from scalingnote.index import versions
+from scalingnote.index.build import work_dir
+from scalingnote.index.store import LoadedIndex
 from tests.conftest import Space, index_root, write_corpus
 
 
@@ -35,7 +35,7 @@ def test_publish_makes_a_version_current(tiny: Space, tmp_path: Path) -> None:
     assert versions.list_versions(root) == [version] and versions.current_version(root) == version
     assert (root / "current").is_symlink() and not Path(os.readlink(root / "current")).is_absolute()
     assert LoadedIndex.load(versions.current_path(root)).ids == LoadedIndex.load(tiny.index).ids
-    versions.publish(tiny.index, root)  # the same version again: idempotent
+    versions.publish_version(tiny.index, root)  # the same version again: idempotent
     assert versions.list_versions(root) == [version]
 
 
@@ -45,7 +45,7 @@ def test_publish_refuses_a_corrupt_index_and_keeps_current(tiny: Space, tmp_path
     bad = _copy_as_new_version(tiny.index, tmp_path / "bad", "29990101T000000Z-bad000")
     (bad / "index.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(ArtifactError, match="checksum mismatch"):
-        versions.publish(bad, root)
+        versions.publish_version(bad, root)
     assert versions.current_version(root) == before and versions.list_versions(root) == [before]
 
 
@@ -57,7 +57,7 @@ def test_prune_keeps_newest_and_current_and_previous_is_the_rollback_target(tiny
     with versions.locked(root):
         versions.set_current(root, ids[1])
     assert versions.previous_version(root) is None
-    versions.publish(copies[4], root, keep=2)
+    versions.publish_version(copies[4], root, keep=2)
     assert versions.current_version(root) == ids[4]
     assert versions.list_versions(root) == [ids[3], ids[4]]
     assert versions.previous_version(root) == ids[3]
@@ -72,7 +72,7 @@ def test_prune_keeps_newest_and_current_and_previous_is_the_rollback_target(tiny
 
 def _rebuild_cmd(corpus: Path, model: Path, root: Path, shard_size: int) -> list[str]:
     return [
-        sys.executable, "-m", "scalingnote", "index", "rebuild", "--dataset", str(corpus), "--doc-encoder",
+        sys.executable, "-m", "scalingnote.cli", "index", "rebuild", "--dataset", str(corpus), "--doc-encoder",
         str(model), "--root", str(root), "--shard-size", str(shard_size), "--batch-size", str(shard_size),
     ]  # fmt: skip
 

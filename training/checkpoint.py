@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scalingnote.artifacts import now_iso, publish, staging_dir
+from scalingnote.artifacts import now_iso, publish_dir, staging_dir
 from scalingnote.errors import UserError
 
 STATE_FILE = "state.pt"
@@ -39,7 +39,7 @@ def save_checkpoint(
     torch.save(state, tmp / STATE_FILE)
     meta = {"step": step, "fingerprint": fingerprint, "saved_at": now_iso()}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    publish(tmp, path)
+    publish_dir(tmp, path)
 
 
 def load_checkpoint(

@@ -1,6 +1,8 @@
 """Training-side commands: ``scalingnote train …``, ``scalingnote pipeline`` and ``scalingnote export``.
 
-Heavy imports (torch, transformers) happen inside the commands: the CLI module itself stays light.
+Every training command reads its hyper-parameters from a profile (``--profile NAME`` or ``--profile-file
+FILE``) and takes overrides of any field with ``--set a.b=value``. Heavy imports (torch, transformers) happen
+inside the commands: the CLI module itself stays light.
 """
 
 from __future__ import annotations
@@ -12,90 +14,59 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Train teachers (stage 1), distil students (stage 2), baselines.")
 
-ProfileOpt = Annotated[str, typer.Option(help="Profile whose settings are the defaults: demo, cpu, cpu-llm, gpu.")]
+ProfileName = Annotated[
+    str, typer.Option("--profile", help="Built-in profile (see `scalingnote train profiles`): demo, cpu, cpu-llm, gpu.")
+]
+ProfileFile = Annotated[Path | None, typer.Option(help="A profile TOML file (instead of --profile).")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a profile field: FIELD.PATH=VALUE (TOML value), e.g. towers.lr=5e-5."),
+]
 DatasetOpt = Annotated[Path | None, typer.Option(help="BEIR dataset directory (default: the profile's dataset).")]
+WorkOpt = Annotated[Path | None, typer.Option(help="Checkpoints, caches and curves (default: .<out>.work).")]
 MaxSteps = Annotated[int | None, typer.Option(min=1, help="Cap every training stage at this many steps (smoke).")]
+MaxQueries = Annotated[int | None, typer.Option(min=8, help="Cap the distillation queries (smoke).")]
+Resume = Annotated[bool, typer.Option("--resume/--restart", help="Continue from the last checkpoint, or discard it.")]
+
+
+def _profile(name: str, file: Path | None, overrides: list[str] | None, max_steps=None, max_queries=None):
+    from scalingnote.training.profiles import load_profile
+
+    return load_profile(name, file, overrides).capped(max_steps, max_queries)
 
 
 def _work(out: Path, work: Path | None) -> Path:
     return work or out.parent / f".{out.name}.work"
 
 
-def _updated(model, **overrides):
-    """``model`` with the non-None ``overrides`` applied (validated: a bad value is a one-line user error)."""
-    from pydantic import ValidationError
+def _dataset(prof, dataset: Path | None) -> Path:
+    from scalingnote.training.pipeline import resolve_dataset
 
-    from scalingnote.errors import UserError
-
-    data = model.model_dump() | {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return type(model).model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise UserError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+    return resolve_dataset(prof, dataset)
 
 
 @app.command("towers")
 def towers_command(
     out: Annotated[Path, typer.Option(help="Teacher (dual tower) directory to publish.")],
-    profile: ProfileOpt = "cpu",
+    profile: ProfileName = "cpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    work: Annotated[Path | None, typer.Option(help="Checkpoints and curves (default: .<out>.work).")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Built-in name or HF directory to start from.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=2, help="Global batch (queries per step).")] = None,
-    negatives: Annotated[int | None, typer.Option(min=0, help="BM25 hard negatives per query.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    shared: Annotated[bool | None, typer.Option("--shared/--separate", help="One shared tower or two.")] = None,
-    layers: Annotated[int | None, typer.Option(min=1, help="Keep only the backbone's first N layers.")] = None,
-    pooling: Annotated[str | None, typer.Option(help="mean, cls or last-token (default: the backbone's).")] = None,
-    temperature: Annotated[float | None, typer.Option(min=1e-4, help="InfoNCE temperature.")] = None,
-    query_max_length: Annotated[int | None, typer.Option(min=4, help="Query token budget.")] = None,
-    doc_max_length: Annotated[int | None, typer.Option(min=4, help="Document token budget.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto (bf16 for LLMs on GPU, else fp32), fp32, bf16.")] = None,
-    lora_rank: Annotated[int | None, typer.Option(min=0, help="LoRA rank on all linear layers (0 = full).")] = None,
-    gradient_checkpointing: Annotated[
-        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute acts.")
-    ] = None,
-    accumulation: Annotated[int | None, typer.Option(min=1, help="Micro-batches per optimiser step.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Save a checkpoint every N steps.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--restart", help="Continue from the last checkpoint, or discard it.")
-    ] = True,
+    work: WorkOpt = None,
+    resume: Resume = True,
     pseudo_queries: Annotated[
         Path | None, typer.Option(help="doc2query JSONL cache whose queries become extra training pairs.")
     ] = None,
     max_steps: MaxSteps = None,
 ) -> None:
-    """Stage 1: train query and doc towers (run under torchrun for cross-rank negatives)."""
-    from training.doc2query import read_cache
-    from training.pipeline import resolve_dataset
-    from training.profiles import get_profile
-    from training.towers import train_towers
+    """Stage 1: train query and doc towers (the profile's [towers]; run under torchrun for cross-rank negatives)."""
+    from scalingnote.training.doc2query import read_cache
+    from scalingnote.training.towers import train_towers
 
-    prof = get_profile(profile).capped(max_steps)
-    cfg = _updated(
-        prof.towers,
-        backbone=backbone,
-        steps=steps,
-        batch_size=batch_size,
-        negatives=negatives,
-        lr=lr,
-        shared=shared,
-        layers=layers,
-        pooling=pooling,
-        temperature=temperature,
-        query_max_length=query_max_length,
-        doc_max_length=doc_max_length,
-        dtype=dtype,
-        lora_rank=lora_rank,
-        gradient_checkpointing=gradient_checkpointing,
-        accumulation=accumulation,
-        checkpoint_every=checkpoint_every,
-    )
+    prof = _profile(profile, profile_file, overrides, max_steps)
     pseudo = read_cache(pseudo_queries) if pseudo_queries else None
-    dataset = resolve_dataset(prof, dataset)
-    train_towers(cfg, dataset, out, work=_work(out, work), pseudo=pseudo, resume=resume, log=typer.echo)
+    ds = _dataset(prof, dataset)
+    train_towers(prof.towers, ds, out, work=_work(out, work), pseudo=pseudo, resume=resume, log=typer.echo)
     typer.echo(f"teacher -> {out}")
 
 
@@ -104,54 +75,40 @@ def distill_command(
     teacher: Annotated[str, typer.Option(help="Teacher: dual-tower directory (or any query encoder).")],
     out: Annotated[Path, typer.Option(help="Student tower directory to publish.")],
     index: Annotated[Path | None, typer.Option(help="Teacher index: adds top-10 agreement to the curves.")] = None,
-    profile: ProfileOpt = "cpu",
+    profile: ProfileName = "cpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    work: Annotated[Path | None, typer.Option(help="Checkpoints, teacher-embedding cache, curves.")] = None,
-    student: Annotated[
-        str | None,
-        typer.Option(help="Student backbone: built-in, HF encoder directory, or 'teacher' (its own query tower)."),
-    ] = None,
-    layers: Annotated[int | None, typer.Option(min=1, help="Student layers kept from its backbone.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    max_queries: Annotated[int | None, typer.Option(min=1, help="Use at most this many queries.")] = None,
+    work: WorkOpt = None,
     max_steps: MaxSteps = None,
+    max_queries: MaxQueries = None,
 ) -> None:
-    """Stage 2: distil the teacher's query tower into a small student that queries the teacher's index."""
-    from training.distill import distill
-    from training.pipeline import resolve_dataset
-    from training.profiles import get_profile
+    """Stage 2: distil the teacher's query tower into a small student (the profile's [distill])."""
+    from scalingnote.training.distill import distill
 
-    prof = get_profile(profile).capped(max_steps, max_queries)
-    cfg = _updated(prof.distill, steps=steps, lr=lr)
-    cfg.student = _updated(cfg.student, backbone=student, layers=layers)
-    distill(cfg, teacher, resolve_dataset(prof, dataset), out, work=_work(out, work), index=index, log=typer.echo)
+    prof = _profile(profile, profile_file, overrides, max_steps, max_queries)
+    distill(prof.distill, teacher, _dataset(prof, dataset), out, work=_work(out, work), index=index, log=typer.echo)
     typer.echo(f"student -> {out}")
 
 
 @app.command("end2end")
 def end2end_command(
     out: Annotated[Path, typer.Option(help="Baseline dual-tower directory to publish (index it with its doc tower).")],
-    profile: ProfileOpt = "cpu",
+    profile: ProfileName = "cpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    work: Annotated[Path | None, typer.Option(help="Checkpoints and curves (default: .<out>.work).")] = None,
-    layers: Annotated[int | None, typer.Option(min=1, help="Student size: backbone layers kept.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--restart", help="Continue from the last checkpoint, or discard it.")
-    ] = True,
+    work: WorkOpt = None,
+    resume: Resume = True,
     max_steps: MaxSteps = None,
 ) -> None:
     """Paper baseline: the student's architecture trained as an ordinary dual tower on the teacher's pairs."""
-    from training.pipeline import resolve_dataset
-    from training.profiles import get_profile, small_dual
-    from training.towers import train_towers
+    from scalingnote.training.profiles import small_dual
+    from scalingnote.training.towers import train_towers
 
-    prof = get_profile(profile).capped(max_steps)
-    base = prof.end2end or small_dual(prof.towers, prof.distill.student)
-    cfg = _updated(base, layers=layers, steps=steps)
-    dataset = resolve_dataset(prof, dataset)
-    train_towers(cfg, dataset, out, work=_work(out, work), resume=resume, log=typer.echo)
+    prof = _profile(profile, profile_file, overrides, max_steps)
+    cfg = prof.end2end or small_dual(prof.towers, prof.distill.student)
+    train_towers(cfg, _dataset(prof, dataset), out, work=_work(out, work), resume=resume, log=typer.echo)
     typer.echo(f"end-to-end dual tower -> {out} (index it: scalingnote index build --doc-encoder {out} ...)")
 
 
@@ -159,80 +116,74 @@ def end2end_command(
 def query_finetune_command(
     index: Annotated[Path, typer.Option(help="Teacher index whose frozen doc vectors the student learns to query.")],
     out: Annotated[Path, typer.Option(help="Student directory to publish.")],
-    profile: ProfileOpt = "gpu",
+    profile: ProfileName = "gpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    work: Annotated[Path | None, typer.Option(help="Checkpoints and curves.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
+    work: WorkOpt = None,
     max_steps: MaxSteps = None,
 ) -> None:
     """Extra baseline: train the student on relevance labels against the frozen teacher doc index."""
-    from training.pipeline import resolve_dataset
-    from training.profiles import get_profile
-    from training.query_finetune import FinetuneConfig, train_query_finetune
+    from scalingnote.training.query_finetune import FinetuneConfig, train_query_finetune
 
-    prof = get_profile(profile).capped(max_steps)
-    cfg = _updated(prof.finetune or FinetuneConfig(), steps=steps)
-    train_query_finetune(cfg, index, resolve_dataset(prof, dataset), out, work=_work(out, work), log=typer.echo)
+    prof = _profile(profile, profile_file, overrides, max_steps)
+    cfg = prof.finetune or FinetuneConfig()
+    train_query_finetune(cfg, index, _dataset(prof, dataset), out, work=_work(out, work), log=typer.echo)
     typer.echo(f"fine-tuned student -> {out}")
 
 
 @app.command("doc2query")
 def doc2query_command(
     out: Annotated[Path, typer.Option(help="JSONL cache to fill (resumed if present).")],
-    profile: ProfileOpt = "gpu",
+    profile: ProfileName = "gpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    per_doc: Annotated[int | None, typer.Option(min=1, help="Queries generated per document.")] = None,
 ) -> None:
-    """Generate pseudo-queries for every document with an instruction-tuned LLM."""
+    """Generate pseudo-queries for every document with an instruction-tuned LLM (the profile's [doc2query])."""
     from scalingnote.beir import load_corpus
-    from training.doc2query import Doc2QueryConfig, generate_queries
-    from training.pipeline import resolve_dataset
-    from training.profiles import get_profile
+    from scalingnote.training.doc2query import Doc2QueryConfig, generate_queries
 
-    prof = get_profile(profile)
-    cfg = _updated(prof.doc2query or Doc2QueryConfig(), per_doc=per_doc)
-    corpus = load_corpus(resolve_dataset(prof, dataset) / "corpus.jsonl")
-    done = generate_queries(cfg, corpus, out)
+    prof = _profile(profile, profile_file, overrides)
+    corpus = load_corpus(_dataset(prof, dataset) / "corpus.jsonl")
+    done = generate_queries(prof.doc2query or Doc2QueryConfig(), corpus, out)
     typer.echo(f"{sum(map(len, done.values()))} queries for {len(done)} documents -> {out}")
 
 
 @app.command("profiles")
-def profiles_command() -> None:
-    """List the pipeline profiles."""
-    from training.profiles import PROFILES
+def profiles_command(
+    name: Annotated[str | None, typer.Argument(help="Print this profile as TOML (a start for --profile-file).")] = None,
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
+) -> None:
+    """List the built-in pipeline profiles, or print one (with --set applied) as a TOML profile file."""
+    from scalingnote.training.profiles import builtin_profiles, load_profile, profile_toml
 
-    for name, prof in PROFILES.items():
-        typer.echo(f"{name:8} {prof.description}")
+    if name is None and profile_file is None:
+        for key in builtin_profiles():
+            typer.echo(f"{key:8} {load_profile(key).description}")
+        return
+    typer.echo(profile_toml(load_profile(name or "", profile_file, overrides)), nl=False)
 
 
 def pipeline_command(
     out: Annotated[Path, typer.Option(help="Output root (teacher/, teacher-index/, student/, bundle/, report.md).")],
-    profile: ProfileOpt = "cpu",
+    profile: ProfileName = "cpu",
+    profile_file: ProfileFile = None,
+    overrides: Overrides = None,
     dataset: DatasetOpt = None,
     baseline_index: Annotated[
         Path | None, typer.Option(help="Reuse an existing index of the profile's off-the-shelf baseline encoder.")
     ] = None,
     max_steps: MaxSteps = None,
-    max_queries: Annotated[int | None, typer.Option(min=8, help="Cap the distillation queries (smoke).")] = None,
-    nproc: Annotated[int | None, typer.Option(min=1, help="Stage-1 ranks (torchrun), e.g. one per GPU.")] = None,
+    max_queries: MaxQueries = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run a whole profile: teacher → teacher index → student → ONNX bundle → baselines → report.md."""
-    from training.pipeline import run_pipeline
-    from training.profiles import get_profile
+    """Run a whole profile: teacher → teacher index → students → ONNX bundles → baselines → report.md."""
+    from scalingnote.training.pipeline import run_pipeline
 
-    prof = get_profile(profile).capped(max_steps, max_queries)
-    if nproc is not None:
-        prof.nproc = nproc
-    report = run_pipeline(
-        prof,
-        out,
-        dataset=dataset,
-        baseline_index=baseline_index,
-        max_steps=max_steps,
-        progress=progress,
-        log=typer.echo,
-    )
+    prof = _profile(profile, profile_file, overrides, max_steps, max_queries)
+    report = run_pipeline(prof, out, dataset=dataset, baseline_index=baseline_index, progress=progress, log=typer.echo)
     typer.echo(f"report -> {report}")
 
 
@@ -254,7 +205,7 @@ def export_command(
 ) -> None:
     """Export a query encoder to an ONNX model bundle (bundle.json, model.onnx, tokenizer.json)."""
     from scalingnote.beir import load_queries
-    from training.export import export_bundle
+    from scalingnote.training.export import export_bundle
 
     texts = list(load_queries(queries).values()) if queries else []
     manifest = export_bundle(

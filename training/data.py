@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from scalingnote.beir import BeirDataset, Document
+from scalingnote.training.loop import epoch_batch
 
 
 def doc_key(doc_id: str) -> int:
@@ -66,7 +67,7 @@ def mine_negatives(
 
     The top ``skip`` ranks are left out: on sparsely judged data they are often unjudged positives.
     """
-    from evaluation.bm25 import bm25_run
+    from scalingnote.evaluation.bm25 import bm25_run
 
     unique = sorted({e.query for e in examples})
     run = bm25_run(corpus, {str(i): q for i, q in enumerate(unique)}, k=skip + depth)
@@ -95,8 +96,7 @@ class Batch:
 
 
 class Batches:
-    """Step ``s`` → the same batch on every run (a seeded permutation per epoch), so a resumed run
-    continues exactly where it stopped. Each rank takes its own slice of the global batch."""
+    """Step ``s`` → the same batch on every run (:func:`epoch_batch`); each rank takes its slice of it."""
 
     def __init__(
         self,
@@ -114,12 +114,9 @@ class Batches:
         self.batch_size = batch_size
         self.negatives = negatives
         self.seed = seed
-        self.per_epoch = len(self.examples) // batch_size
 
     def indices(self, step: int) -> np.ndarray:
-        epoch, pos = divmod(step, self.per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return epoch_batch(self.seed, step, len(self.examples), self.batch_size)
 
     def get(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         if self.batch_size % world:

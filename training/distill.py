@@ -1,17 +1,17 @@
 """Stage 2: distil the teacher's query tower into a small student (query-based knowledge distillation).
 
-Only queries are needed: the teacher's query tower embeds them once (cached), and the student — the first
-``layers`` layers of a small encoder plus a projection into the teacher's space — learns to reproduce those
-embeddings (squared distance + cosine) and, with ``kl_weight``, the teacher's score distribution over its
-top documents (the frozen index vectors; measured on SciFact: nDCG@10 0.608 after 300 steps with it vs
-0.597 after 600 without). The doc tower and its index are untouched, so the student's
-``tower.json`` records the teacher's doc tower as its ``target``: it can only query the teacher's index.
+Only queries are needed: the teacher's query tower embeds them once (cached), and the student (the first
+``layers`` layers of a small encoder plus a projection into the teacher's space) learns to reproduce those
+embeddings with MSE + cosine and, optionally, the teacher's score distribution over its top documents.
+The doc tower and its index are untouched: the student's ``tower.json`` records the teacher's doc space,
+so it can only query the teacher's index.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from modeling.losses import EmbeddingDistill, ScoreDistill
-from modeling.student import build_student, fit_projection, pooled_features
-from modeling.tower import Tower, default_encoder_config
 from scalingnote.artifacts import EncoderConfig, staging_dir, weights_sha256
 from scalingnote.beir import load_dataset, load_queries
-from scalingnote.encoders import query_space, resolve
 from scalingnote.errors import UserError
+from scalingnote.evaluation.metrics import overlap_at_k
+from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.losses import EmbeddingDistill, ScoreDistill
+from scalingnote.modeling.student import build_student, fit_projection, pooled_features
+from scalingnote.modeling.tower import Tower, default_encoder_config, freeze_input_embeddings
 from scalingnote.paths import data_root
-from training.loop import LoopConfig, fingerprint, publish_trained, train_loop
+from scalingnote.specs import EncoderRef, query_space, resolve
+from scalingnote.training.loop import LoopConfig, epoch_batch, fingerprint, publish_trained, train_loop
 
 SENTENCES_PER_DOC = 3
 
@@ -110,20 +112,18 @@ def new_student(cfg: StudentConfig, *, ident: str, dim: int, teacher_query: Path
     pooling = default_encoder_config(path).pooling
     encoder = EncoderConfig(pooling=pooling, max_length=cfg.max_length)
     student = build_student(path, ident=ident, layers=cfg.layers, dim=dim, encoder=encoder)
-    if cfg.freeze_embeddings:  # the token table is most of a small encoder: freezing it halves the step time
-        student.backbone.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.freeze_embeddings:  # the token table is most of a small encoder's weights
+        freeze_input_embeddings(student.backbone)
     return student
 
 
 def agreement(student: Tower, texts: list[str], teacher_vecs: np.ndarray, doc_vecs: np.ndarray | None) -> dict:
     """Student vs teacher on held-out queries: mean cosine and, given doc vectors, top-10 overlap."""
-    vecs = student.encode(texts, batch_size=128, dtype="fp32", progress=False)
+    vecs = student.encode(texts, batch_size=128, dtype="fp32")
     out = {"heldout_cos": float((vecs * teacher_vecs).sum(1).mean())}
     if doc_vecs is not None:
-        k = 10
-        a = np.argpartition(-(vecs @ doc_vecs.T), k, axis=1)[:, :k]
-        b = np.argpartition(-(teacher_vecs @ doc_vecs.T), k, axis=1)[:, :k]
-        out["heldout_top10_overlap"] = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+        mine, theirs = top_docs(vecs, doc_vecs, 10), top_docs(teacher_vecs, doc_vecs, 10)
+        out["heldout_top10_overlap"] = overlap_at_k(mine, theirs)
     return out
 
 
@@ -136,13 +136,46 @@ def top_docs(queries: np.ndarray, docs: np.ndarray, k: int, chunk: int = 2048) -
     return np.concatenate(parts)
 
 
-def index_vectors(index_dir: Path) -> np.ndarray:
-    """All document vectors of a (flat) index, in row order."""
-    from index.faiss_backend import to_cpu
-    from index.store import LoadedIndex
+def teacher_embeddings(ref: EncoderRef, queries: list[str], cache_dir: Path, progress: bool) -> np.ndarray:
+    """The teacher query tower's embeddings of ``queries``, cached by (teacher weights, queries)."""
+    teacher_query = ref.tower_path("query")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"
+    if not cache.is_file():
+        tower = Tower.from_pretrained(teacher_query, ident=ref.id)
+        vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, vecs)
+        tmp.replace(cache)
+    return np.load(cache)
 
-    loaded = LoadedIndex.load(index_dir)
-    return to_cpu(loaded.index).reconstruct_n(0, loaded.index.ntotal)
+
+def distill_step(
+    cfg: DistillConfig, student: Tower, train: list[str], targets: torch.Tensor, docs: np.ndarray | None
+) -> Callable[[int], dict[str, float]]:
+    """Forward and backward of step ``s``: MSE + cos to the teacher, plus the ranking term with ``kl_weight``."""
+    embed_loss = EmbeddingDistill(cfg.mse_weight, cfg.cos_weight)
+    rank_loss = ScoreDistill(cfg.kl_temperature)
+    if cfg.kl_weight > 0:
+        if docs is None:
+            raise UserError("ranking distillation (kl_weight > 0) needs the teacher's index")
+        docs_t = torch.from_numpy(docs)
+        topk = torch.from_numpy(top_docs(targets.numpy(), docs, cfg.kl_topk))
+
+    def step_fn(step: int) -> dict[str, float]:
+        idx = epoch_batch(cfg.seed, step, len(train), cfg.batch_size)
+        vecs = student(**student.batch([train[i] for i in idx]))
+        embed = embed_loss(vecs, targets[idx])
+        metrics = {"embed_loss": embed.item()}
+        loss = embed
+        if cfg.kl_weight > 0:
+            rank = rank_loss(vecs, targets[idx], docs_t[topk[idx]])
+            loss = loss + cfg.kl_weight * rank
+            metrics["rank_loss"] = rank.item()
+        loss.backward()
+        return {"loss": loss.item(), **metrics}
+
+    return step_fn
 
 
 def distill(
@@ -166,56 +199,22 @@ def distill(
     space = query_space(ref)
     queries = distillation_queries(cfg, Path(dataset))
     heldout, train = queries[: cfg.heldout], queries[cfg.heldout :]
-    teacher_query = ref.tower_path("query")
     key = fingerprint("distill", cfg.model_dump(), space.model_dump(), queries)
     work.mkdir(parents=True, exist_ok=True)
-    cache_dir = cache_dir or work
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"
-    if not cache.is_file():
-        tower = Tower.from_pretrained(teacher_query, ident=ref.id)
-        vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, vecs)
-        tmp.replace(cache)
-        del tower
-    targets = np.load(cache)
+    targets = teacher_embeddings(ref, queries, cache_dir or work, progress)
     held_t, train_t = targets[: cfg.heldout], torch.from_numpy(targets[cfg.heldout :])
     log(f"stage 2: {len(train)} distillation queries ({len(heldout)} held out), teacher {ref.id}")
-    student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim, teacher_query=teacher_query)
+    student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim, teacher_query=ref.tower_path("query"))
     if cfg.init == "ridge":
         n = min(len(train), 4096)
-        peak = fit_projection(student, pooled_features(student, train[:n]), targets[cfg.heldout :][:n], cfg.ridge)
+        peak = fit_projection(student, pooled_features(student, train[:n]), train_t[:n].numpy(), cfg.ridge)
         log(f"projection: ridge init on {n} queries, max |w| {peak:.3f}")
-    doc_vecs = index_vectors(index) if index is not None else None
-    embed_loss = EmbeddingDistill(cfg.mse_weight, cfg.cos_weight)
-    rank_loss = ScoreDistill(cfg.kl_temperature)
-    if cfg.kl_weight > 0:
-        if doc_vecs is None:
-            raise UserError("ranking distillation (kl_weight > 0) needs the teacher's index")
-        docs_t = torch.from_numpy(doc_vecs)
-        topk = torch.from_numpy(top_docs(train_t.numpy(), doc_vecs, cfg.kl_topk))
-
-    def step_fn(step: int) -> dict[str, float]:
-        per_epoch = len(train) // cfg.batch_size
-        epoch, pos = divmod(step, per_epoch)
-        idx = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))[pos * cfg.batch_size :][: cfg.batch_size]
-        vecs = student(**student.batch([train[i] for i in idx]))
-        embed = embed_loss(vecs, train_t[idx])
-        metrics = {"embed_loss": embed.item()}
-        loss = embed
-        if cfg.kl_weight > 0:
-            rank = rank_loss(vecs, train_t[idx], docs_t[topk[idx]])
-            loss = loss + cfg.kl_weight * rank
-            metrics["rank_loss"] = rank.item()
-        loss.backward()
-        return {"loss": loss.item(), **metrics}
-
+    doc_vecs = LoadedIndex.load(index).vectors() if index is not None else None
     every = cfg.checkpoint_every_s
     loop = LoopConfig(cfg.steps, cfg.lr, cfg.warmup, eval_every=cfg.eval_every, checkpoint_every_s=every)
     seconds = train_loop(
         student,
-        step_fn,
+        distill_step(cfg, student, train, train_t, doc_vecs),
         loop,
         work=work,
         key=key,
@@ -225,7 +224,7 @@ def distill(
         progress=progress,
     )
     tmp = staging_dir(out)
-    student.save(tmp, role="query", target=space, teacher=ref.id, backbone=cfg.student.backbone)
+    student.save(tmp, role="query", space=space, teacher=ref.id, backbone=cfg.student.backbone)
     final = agreement(student, heldout, held_t, doc_vecs)
     info = {"config": cfg.model_dump(), "queries": len(train), "train_seconds": seconds, "heldout": final}
     return publish_trained(tmp, out, work, info)

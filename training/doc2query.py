@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from scalingnote.beir import Document
-from scalingnote.encoders import resolve
+from scalingnote.specs import resolve
 
 PROMPT = "Write one short search query that this scientific abstract answers.\n\nAbstract: {text}\n\nQuery:"
 

@@ -9,50 +9,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from scalingnote.encoders import resolve
+from scalingnote.modeling.loading import load_query_encoder, query_params
+from scalingnote.runtime.encoder import QueryEncoder
 
 Encode = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
-class LoadedEncoder:
-    name: str
-    engine: str
+class TimedEncoder:
+    """A query encoder with what the latency tables print about it."""
+
+    encoder: QueryEncoder
     params: int
-    encode: Encode
+
+    @property
+    def engine(self) -> str:
+        return self.encoder.engine
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One call for the whole batch."""
+        return self.encoder.encode(texts, batch_size=len(texts))
 
 
-def onnx_params(model: Path) -> int:
-    """Number of weights in an ONNX graph: elements of its float and int8 initializers (not shape constants)."""
-    import onnx
-
-    kinds = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
-    graph = onnx.load(str(model), load_external_data=False).graph
-    return int(sum(np.prod(t.dims) for t in graph.initializer if t.data_type in kinds and len(t.dims) >= 1))
-
-
-def load_encoder(spec: str, variant: str = "fp32", threads: int = 1) -> LoadedEncoder:
-    """The query side of ``spec``: a bundle's ONNX ``variant``, else the torch query tower."""
-    ref = resolve(spec)
-    if ref.kind == "bundle":
-        from scalingnote.bundle import BundleEncoder
-
-        enc = BundleEncoder(ref.path, variant=variant, threads=threads)
-        params = onnx_params(ref.path / enc.manifest.variants[enc.variant])
-        return LoadedEncoder(ref.id, f"onnx-{enc.variant}", params, lambda t: enc.encode_with_flags(t)[0])
-    import torch
-
-    from modeling.tower import Tower
-
-    torch.set_num_threads(threads)
-    tower = Tower.from_pretrained(ref.tower_path("query"), ident=ref.id).eval()
-    params = sum(p.numel() for n, p in tower.named_parameters() if ".pooler." not in n)  # BERT's pooler is unused
-    engine = f"torch-{str(tower.resolve_dtype('auto')).removeprefix('torch.')}"
-    return LoadedEncoder(ref.id, engine, params, lambda t: tower.encode(t, batch_size=len(t), progress=False))
+def load_timed(spec: str, variant: str = "fp32", threads: int = 1) -> TimedEncoder:
+    """The query side of ``spec`` with ``threads`` intra-op threads (ONNX ``variant`` for a bundle)."""
+    encoder = load_query_encoder(spec, variant, threads=threads)
+    return TimedEncoder(encoder, query_params(encoder))
 
 
 def time_queries(

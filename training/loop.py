@@ -16,14 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from modeling.losses import world
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.curves import CurveLog, plot_curve
+from scalingnote.modeling.losses import world
+from scalingnote.training.checkpoint import load_checkpoint, save_checkpoint
+from scalingnote.training.curves import CurveLog, plot_curve
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class LoopConfig:
 def fingerprint(*parts: object) -> str:
     """A short hash of JSON-serialisable configuration parts (checkpoints and caches are keyed by it)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def epoch_batch(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """Rows of step ``step``'s batch: one seeded permutation of ``n`` rows per epoch, cut into whole batches.
+
+    Step ``s`` gets the same rows on every run, so a resumed run continues exactly where it stopped."""
+    epoch, pos = divmod(step, n // batch_size)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -113,12 +123,12 @@ def train_loop(
 def publish_trained(tmp: Path, out: Path, work: Path, info: dict) -> Path:
     """Finish a trained artifact staged in ``tmp``: ``train.json`` and curves, atomic publish to ``out``,
     then drop the checkpoint it no longer needs."""
-    from scalingnote.artifacts import publish
+    from scalingnote.artifacts import publish_dir
 
     (tmp / "train.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     for name in ("curves.jsonl", "curves.png"):
         if (work / name).is_file():
             shutil.copyfile(work / name, tmp / name)
-    publish(tmp, out)
+    publish_dir(tmp, out)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return out

@@ -1,27 +1,23 @@
-"""``scalingnote pipeline``: every stage of a profile, resumable, ending in ``report.md``.
+"""``scalingnote pipeline``: every stage of a profile, declared as data, resumable, ending in ``report.md``.
 
 Output layout under ``--out`` (each directory published atomically):
 
 * ``teacher/``          stage-1 dual tower (``dual.json``, ``query/``, ``doc/``)
 * ``teacher-bundle/``   ONNX export of the teacher's query tower (fp32; the latency reference)
 * ``teacher-index/``    FAISS index of the corpus embedded by ``teacher/doc``
-* ``student/``          distilled query tower (its ``target`` is ``teacher/doc``)
+* ``student/``          distilled query tower (its ``space`` is ``teacher/doc``'s)
 * ``bundle/``           ONNX export of ``student/`` (fp32 + int8 when it passes its gate): what ``serve`` loads
-* ``student-l<N>/``, ``bundle-l<N>/``  the same for each extra student size (profiles with ``extra_students``)
+* ``student-l<N>/``, ``bundle-l<N>/``  the same for each extra student size (``extra_students``)
 * ``end2end/``, ``end2end-index/``  the student's architecture trained as an ordinary dual tower on the
   teacher's pairs, and the index its own doc tower built (profiles with ``end2end``)
 * ``finetune/``         the student trained on labels against the frozen teacher index (profiles with ``finetune``)
 * ``baseline-index/``   index of the off-the-shelf encoder (profiles with ``baseline``)
 * ``doc2query.jsonl``   generated pseudo-queries (profiles with ``doc2query``)
-* ``report.md``, ``report.json``, ``curves/`` and ``.work/`` (checkpoints, caches, stage stamps)
-
-A stage whose output exists and whose stamp matches the configuration of it and of everything upstream
-is skipped, so an interrupted run continues where it stopped (training stages resume mid-way).
+* ``report.md``, ``report.json``, ``report.png``, ``curves/`` and ``.work/`` (checkpoints, caches, stamps)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -29,16 +25,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from scalingnote.artifacts import now_iso
 from scalingnote.paths import data_root
-from training.loop import fingerprint
-from training.profiles import Profile
+from scalingnote.training.loop import fingerprint
+from scalingnote.training.profiles import Profile, profile_toml
+from scalingnote.training.stages import Stage, StageLog, run_stages
 
 
 @dataclass(frozen=True)
 class Layout:
+    """Where each artifact of a run lives under its output root (each directory is named after its stage)."""
+
     root: Path
 
     @property
@@ -49,16 +48,16 @@ class Layout:
     def teacher_index(self) -> Path:
         return self.root / "teacher-index"
 
-    def student_dir(self, name: str) -> Path:
-        return self.root / name
-
-    def bundle_dir(self, name: str) -> Path:
-        """``student`` → ``bundle``, ``student-l2`` → ``bundle-l2``."""
-        return self.root / name.replace("student", "bundle", 1)
-
     @property
     def teacher_bundle(self) -> Path:
         return self.root / "teacher-bundle"
+
+    def student_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def bundle_dir(self, student: str) -> Path:
+        """``student`` → ``bundle``, ``student-l2`` → ``bundle-l2``."""
+        return self.root / student.replace("student", "bundle", 1)
 
     @property
     def end2end(self) -> Path:
@@ -89,35 +88,6 @@ class Layout:
         return self.root / "curves"
 
 
-class Stages:
-    """Runs stages in order, skipping those whose stamp matches; records each stage's seconds."""
-
-    def __init__(self, work: Path, log: Callable[[str], None]) -> None:
-        self.work = work
-        self.log = log
-        self.seconds: dict[str, float] = {}
-        self.skipped: list[str] = []
-
-    def run(self, name: str, key: str, output: Path, fn: Callable[[], object]) -> str:
-        stamp = self.work / name / "stage.json"
-        if output.exists() and stamp.is_file():
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-            if previous.get("key") == key:
-                self.log(f"[{name}] up to date ({output}), skipped")
-                self.seconds[name] = float(previous.get("seconds", 0.0))
-                self.skipped.append(name)
-                return key
-        self.log(f"[{name}] running -> {output}")
-        t0 = time.monotonic()
-        fn()
-        seconds = time.monotonic() - t0
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "seconds": seconds, "finished_at": now_iso()}) + "\n")
-        self.seconds[name] = seconds
-        self.log(f"[{name}] done in {seconds / 60:.1f} min")
-        return key
-
-
 def resolve_dataset(profile: Profile, dataset: Path | None) -> Path:
     if dataset is not None:
         return dataset
@@ -125,16 +95,170 @@ def resolve_dataset(profile: Profile, dataset: Path | None) -> Path:
     return path if path.is_absolute() else data_root() / path
 
 
-def run_towers_distributed(
-    profile: Profile, dataset: Path, out: Path, work: Path, max_steps: int | None, pseudo: Path | None
-) -> None:
-    """Stage 1 on ``profile.nproc`` ranks: ``torchrun`` re-enters ``scalingnote train towers``."""
-    script = Path(sys.executable).with_name("scalingnote")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={profile.nproc}", str(script)]
-    cmd += ["train", "towers", "--profile", profile.name, "--dataset", str(dataset), "--out", str(out)]
-    cmd += ["--work", str(work)] + (["--max-steps", str(max_steps)] if max_steps is not None else [])
-    cmd += ["--pseudo-queries", str(pseudo)] if pseudo is not None else []
-    subprocess.run(cmd, check=True)
+@dataclass
+class Run:
+    """What the stages of one pipeline run share; each method returns the function of one stage."""
+
+    profile: Profile
+    lay: Layout
+    dataset: Path
+    progress: bool
+    log: Callable[[str], None]
+
+    @cached_property
+    def data_key(self) -> str:
+        return fingerprint(str(self.dataset), (self.dataset / "corpus.jsonl").stat().st_size)
+
+    @cached_property
+    def gate_queries(self) -> tuple[list[str], list[str]]:
+        """(held-out test queries for the export gates, whose labels are never read; train queries to calibrate)."""
+        from scalingnote.beir import load_dataset
+
+        ds = load_dataset(self.dataset, ("train", "test"))
+        return list(ds.split_queries("test").values()), list(ds.split_queries("train").values())
+
+    def pseudo(self) -> dict[str, list[str]] | None:
+        from scalingnote.training.doc2query import read_cache
+
+        return read_cache(self.lay.doc2query) if self.profile.doc2query is not None else None
+
+    def doc2query(self) -> None:
+        from scalingnote.beir import load_corpus
+        from scalingnote.training.doc2query import generate_queries
+
+        corpus = load_corpus(self.dataset / "corpus.jsonl")
+        generate_queries(self.profile.doc2query, corpus, self.lay.doc2query, self.progress)
+
+    def towers(self, cfg, out: Path, distributed: bool = False) -> Callable[[], object]:
+        from scalingnote.training.towers import train_towers
+
+        work = self.lay.work / out.name
+        if distributed and self.profile.nproc > 1:
+            return lambda: self._towers_distributed(out, work)
+        return lambda: train_towers(
+            cfg, self.dataset, out, work=work, pseudo=self.pseudo(), progress=self.progress, log=self.log
+        )
+
+    def _towers_distributed(self, out: Path, work: Path) -> None:
+        """Stage 1 on ``nproc`` ranks: ``torchrun`` re-enters ``scalingnote train towers`` with this profile."""
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "profile.toml").write_text(profile_toml(self.profile), encoding="utf-8")
+        script = Path(sys.executable).with_name("scalingnote")
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.profile.nproc}", str(script)]
+        cmd += ["train", "towers", "--profile-file", str(work / "profile.toml"), "--dataset", str(self.dataset)]
+        cmd += ["--out", str(out), "--work", str(work)]
+        cmd += ["--pseudo-queries", str(self.lay.doc2query)] if self.profile.doc2query is not None else []
+        subprocess.run(cmd, check=True)
+
+    def index(self, encoder: str, out: Path) -> Callable[[], object]:
+        from scalingnote.index.build import build_index
+
+        batch = self.profile.index_batch_size
+        return lambda: build_index(self.dataset, encoder, out, batch_size=batch, progress=self.progress)
+
+    def export(self, model: Path, bundle: Path, int8: bool) -> Callable[[], object]:
+        from scalingnote.training.export import export_bundle
+
+        def run() -> object:
+            heldout, calibration = self.gate_queries
+            cfg = self.profile.export
+            return export_bundle(
+                str(model),
+                bundle,
+                index_dir=self.lay.teacher_index,
+                queries=heldout,
+                calibration=calibration,
+                int8=int8,
+                min_parity=cfg.min_parity,
+                min_overlap=cfg.min_overlap,
+                log=self.log,
+            )
+
+        return run
+
+    def student(self, name: str, cfg) -> Callable[[], object]:
+        from scalingnote.training.distill import distill
+
+        lay = self.lay
+        return lambda: distill(
+            cfg,
+            str(lay.teacher),
+            self.dataset,
+            lay.student_dir(name),
+            work=lay.work / name,
+            index=lay.teacher_index,
+            cache_dir=lay.work / "teacher-queries",
+            progress=self.progress,
+            log=self.log,
+        )
+
+    def finetune(self) -> None:
+        from scalingnote.training.query_finetune import train_query_finetune
+
+        lay = self.lay
+        train_query_finetune(
+            self.profile.finetune,
+            lay.teacher_index,
+            self.dataset,
+            lay.finetune,
+            work=lay.work / "finetune",
+            progress=self.progress,
+            log=self.log,
+        )
+
+
+def teacher_stages(run: Run) -> list[Stage]:
+    """Stage 1, the teacher's index and its fp32 bundle (the latency reference)."""
+    p, lay = run.profile, run.lay
+    d2q = ("doc2query",) if p.doc2query is not None else ()
+    train = run.towers(p.towers, lay.teacher, distributed=True)
+    bundle = run.export(lay.teacher, lay.teacher_bundle, int8=False)
+    return [
+        Stage("teacher", lay.teacher, [p.towers.model_dump(), run.data_key], train, d2q),
+        Stage(
+            "teacher-index", lay.teacher_index, "index", run.index(str(lay.teacher), lay.teacher_index), ("teacher",)
+        ),
+        Stage("teacher-bundle", lay.teacher_bundle, "teacher-bundle", bundle, ("teacher-index",)),
+    ]
+
+
+def student_stages(run: Run, name: str, cfg) -> list[Stage]:
+    """One student tier: its distillation from the teacher's query tower, then its gated ONNX bundle."""
+    lay, export = run.lay, run.profile.export
+    student, bundle = lay.student_dir(name), lay.bundle_dir(name)
+    return [
+        Stage(name, student, cfg.model_dump(), run.student(name, cfg), ("teacher-index",)),
+        Stage(bundle.name, bundle, export.model_dump(), run.export(student, bundle, export.int8), (name,)),
+    ]
+
+
+def baseline_stages(run: Run, baseline_index: Path | None) -> list[Stage]:
+    """The comparisons: end-to-end small dual tower, label fine-tuned student, off-the-shelf index."""
+    p, lay, stages = run.profile, run.lay, []
+    if p.end2end is not None:
+        d2q = ("doc2query",) if p.doc2query is not None else ()
+        train = run.towers(p.end2end, lay.end2end)
+        stages.append(Stage("end2end", lay.end2end, [p.end2end.model_dump(), run.data_key], train, d2q))
+        index = run.index(str(lay.end2end), lay.end2end_index)
+        stages.append(Stage("end2end-index", lay.end2end_index, "index", index, ("end2end",)))
+    if p.finetune is not None:
+        stages.append(Stage("finetune", lay.finetune, p.finetune.model_dump(), run.finetune, ("teacher-index",)))
+    if p.baseline is not None and baseline_index is None:
+        index = run.index(p.baseline, lay.baseline_index)
+        stages.append(Stage("baseline-index", lay.baseline_index, [p.baseline, run.data_key], index))
+    return stages
+
+
+def plan(run: Run, baseline_index: Path | None) -> list[Stage]:
+    """Every stage of ``run.profile``, in order."""
+    p = run.profile
+    stages = []
+    if p.doc2query is not None:
+        stages.append(Stage("doc2query", run.lay.doc2query, [p.doc2query.model_dump(), run.data_key], run.doc2query))
+    stages += teacher_stages(run)
+    for name, cfg in p.students():
+        stages += student_stages(run, name, cfg)
+    return stages + baseline_stages(run, baseline_index)
 
 
 def run_pipeline(
@@ -143,152 +267,20 @@ def run_pipeline(
     *,
     dataset: Path | None = None,
     baseline_index: Path | None = None,
-    max_steps: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run ``profile`` into ``out``; returns the path of ``report.md``."""
-    from training.report import write_report
+    from scalingnote.training.report import write_report
 
     t_start, load_start = time.monotonic(), os.getloadavg()[0]
-    dataset = resolve_dataset(profile, dataset).resolve()
     lay = Layout(Path(out).resolve())
     lay.root.mkdir(parents=True, exist_ok=True)
-    stages = Stages(lay.work, log)
-    data_key = fingerprint(str(dataset), (dataset / "corpus.jsonl").stat().st_size)
-
-    pseudo: dict[str, list[str]] | None = None
-    d2q_key = ""
-    if profile.doc2query is not None:
-        from scalingnote.beir import load_corpus
-        from training.doc2query import generate_queries, read_cache
-
-        d2q_key = fingerprint(profile.doc2query.model_dump(), data_key)
-        corpus = load_corpus(dataset / "corpus.jsonl")
-        stages.run(
-            "doc2query",
-            d2q_key,
-            lay.doc2query,
-            lambda: generate_queries(profile.doc2query, corpus, lay.doc2query, progress),
-        )
-        pseudo = read_cache(lay.doc2query)
-
-    def teacher() -> None:
-        work = lay.work / "teacher"
-        if profile.nproc > 1:
-            d2q = lay.doc2query if profile.doc2query is not None else None
-            run_towers_distributed(profile, dataset, lay.teacher, work, max_steps, d2q)
-        else:
-            from training.towers import train_towers
-
-            train_towers(profile.towers, dataset, lay.teacher, work=work, pseudo=pseudo, progress=progress, log=log)
-
-    t_key = stages.run("teacher", fingerprint(profile.towers.model_dump(), data_key, d2q_key), lay.teacher, teacher)
-
-    def index(encoder: str, target: Path) -> Callable[[], object]:
-        from index.build import build_index
-
-        return lambda: build_index(dataset, encoder, target, batch_size=profile.index_batch_size, progress=progress)
-
-    i_key = stages.run(
-        "teacher-index", fingerprint(t_key, "index"), lay.teacher_index, index(str(lay.teacher), lay.teacher_index)
-    )
-
-    from scalingnote.beir import load_dataset
-
-    ds = load_dataset(dataset, ("train", "test"))
-    heldout = list(ds.split_queries("test").values())  # gate queries only: their labels are never read
-    calibration = list(ds.split_queries("train").values())
-
-    def export(model: Path, bundle: Path, int8: bool) -> Callable[[], object]:
-        from training.export import export_bundle
-
-        return lambda: export_bundle(
-            str(model),
-            bundle,
-            index_dir=lay.teacher_index,
-            queries=heldout,
-            calibration=calibration,
-            int8=int8,
-            min_parity=profile.export.min_parity,
-            min_overlap=profile.export.min_overlap,
-            log=log,
-        )
-
-    stages.run(
-        "teacher-bundle",
-        fingerprint(i_key, "teacher-bundle"),
-        lay.teacher_bundle,
-        export(lay.teacher, lay.teacher_bundle, int8=False),
-    )
-
-    for name, cfg in profile.students():
-
-        def student(cfg=cfg, name=name) -> None:
-            from training.distill import distill
-
-            distill(
-                cfg,
-                str(lay.teacher),
-                dataset,
-                lay.student_dir(name),
-                work=lay.work / name,
-                index=lay.teacher_index,
-                cache_dir=lay.work / "teacher-queries",
-                progress=progress,
-                log=log,
-            )
-
-        s_key = stages.run(name, fingerprint(cfg.model_dump(), i_key), lay.student_dir(name), student)
-        stages.run(
-            lay.bundle_dir(name).name,
-            fingerprint(profile.export.model_dump(), s_key),
-            lay.bundle_dir(name),
-            export(lay.student_dir(name), lay.bundle_dir(name), profile.export.int8),
-        )
-
-    if profile.end2end is not None:
-        from training.towers import train_towers
-
-        e_cfg = profile.end2end
-        e_key = stages.run(
-            "end2end",
-            fingerprint(e_cfg.model_dump(), data_key, d2q_key),
-            lay.end2end,
-            lambda: train_towers(
-                e_cfg, dataset, lay.end2end, work=lay.work / "end2end", pseudo=pseudo, progress=progress, log=log
-            ),
-        )
-        stages.run(
-            "end2end-index", fingerprint(e_key, "index"), lay.end2end_index, index(str(lay.end2end), lay.end2end_index)
-        )
-
-    if profile.finetune is not None:
-        from training.query_finetune import train_query_finetune
-
-        f_cfg = profile.finetune
-        stages.run(
-            "finetune",
-            fingerprint(f_cfg.model_dump(), i_key),
-            lay.finetune,
-            lambda: train_query_finetune(
-                f_cfg, lay.teacher_index, dataset, lay.finetune, work=lay.work / "finetune", progress=progress, log=log
-            ),
-        )
-
-    baseline = None
-    if profile.baseline is not None:
-        baseline = baseline_index or lay.baseline_index
-        if baseline_index is None:
-            stages.run(
-                "baseline-index",
-                fingerprint(profile.baseline, data_key),
-                lay.baseline_index,
-                index(profile.baseline, lay.baseline_index),
-            )
-
+    run = Run(profile, lay, resolve_dataset(profile, dataset).resolve(), progress, log)
+    done: StageLog = run_stages(plan(run, baseline_index), lay.work, log)
     collect_curves(lay)
-    return write_report(profile, lay, dataset, stages, baseline, t_start, load_start, log=log)
+    baseline = baseline_index or (lay.baseline_index if profile.baseline is not None else None)
+    return write_report(run, done, baseline, t_start, load_start)
 
 
 def collect_curves(lay: Layout) -> None:

@@ -8,21 +8,20 @@ pairs, other known positives masked. It queries the teacher's index, like the di
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from modeling.losses import InfoNCE
-from modeling.student import fit_projection, pooled_features
-from scalingnote.artifacts import read_index_manifest, staging_dir
+from scalingnote.artifacts import staging_dir
 from scalingnote.beir import load_dataset
 from scalingnote.errors import UserError
-from training.data import doc_key, qrels_examples, title_examples
-from training.distill import StudentConfig, index_vectors, new_student
-from training.loop import LoopConfig, fingerprint, publish_trained, train_loop
+from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.losses import InfoNCE
+from scalingnote.modeling.student import fit_projection, pooled_features
+from scalingnote.training.data import doc_key, qrels_examples, title_examples
+from scalingnote.training.distill import StudentConfig, new_student
+from scalingnote.training.loop import LoopConfig, epoch_batch, fingerprint, publish_trained, train_loop
 
 
 class FinetuneConfig(BaseModel):
@@ -46,10 +45,10 @@ def train_query_finetune(
 ) -> Path:
     """Train a student against ``index``'s frozen doc vectors and publish it at ``out``."""
     torch.manual_seed(cfg.seed)
-    manifest = read_index_manifest(index)
+    loaded = LoadedIndex.load(index)
+    manifest, ids = loaded.manifest, loaded.ids
     ds = load_dataset(dataset, (cfg.split,))
-    doc_vecs = torch.from_numpy(index_vectors(index))
-    ids = json.loads((index / "docs.json").read_text(encoding="utf-8"))["ids"]
+    doc_vecs = torch.from_numpy(loaded.vectors())
     row = {d: i for i, d in enumerate(ids)}
     examples = qrels_examples(ds, cfg.split) + (title_examples(ds.corpus) if cfg.title_pairs else [])
     examples = [e for e in examples if e.positive in row]
@@ -62,10 +61,8 @@ def train_query_finetune(
     for i, e in enumerate(examples):
         positive_keys[i, : len(e.relevant)] = torch.tensor([doc_key(d) for d in sorted(e.relevant)])
     doc_keys = torch.tensor([doc_key(d) for d in ids])
-    key = fingerprint(
-        "query-finetune", cfg.model_dump(), manifest.doc_tower.model_dump(), manifest.version, len(examples)
-    )
-    student = new_student(cfg.student, ident=f"finetune-{key[:8]}", dim=manifest.doc_tower.dim)
+    key = fingerprint("query-finetune", cfg.model_dump(), manifest.space.model_dump(), manifest.version, len(examples))
+    student = new_student(cfg.student, ident=f"finetune-{key[:8]}", dim=manifest.space.dim)
     n = min(len(examples), 4096)
     peak = fit_projection(student, pooled_features(student, queries[:n]), doc_vecs[target[:n]].numpy(), cfg.ridge)
     log(
@@ -75,10 +72,7 @@ def train_query_finetune(
     loss_fn = InfoNCE(cfg.temperature, gather=False)
 
     def step_fn(step: int) -> dict[str, float]:
-        per_epoch = len(examples) // cfg.batch_size
-        epoch, pos = divmod(step, per_epoch)
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(examples))
-        idx = torch.from_numpy(perm[pos * cfg.batch_size :][: cfg.batch_size])
+        idx = torch.from_numpy(epoch_batch(cfg.seed, step, len(examples), cfg.batch_size))
         q = student(**student.batch([queries[i] for i in idx]))
         loss = loss_fn(q, doc_vecs, target[idx], doc_keys, positive_keys[idx])
         loss.backward()
@@ -90,6 +84,6 @@ def train_query_finetune(
         student, step_fn, loop, work=work, key=key, curve=curve, desc="query fine-tune", progress=progress
     )
     tmp = staging_dir(out)
-    student.save(tmp, role="query", target=manifest.doc_tower, teacher=manifest.doc_tower.id)
+    student.save(tmp, role="query", space=manifest.space, teacher=manifest.space.id)
     info = {"config": cfg.model_dump(), "pairs": len(examples), "train_seconds": seconds}
     return publish_trained(tmp, out, work, info)

@@ -1,144 +1,163 @@
-"""The pipeline's ``report.md`` / ``report.json``: quality, latency and size of every system, stage timings."""
+"""The pipeline's ``report.md`` / ``report.json`` / ``report.png``: quality, latency and size of every system.
+
+Every row is typed (role, stage, layers, engine), so targets and figures select rows by what they are,
+never by their label.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from evaluation.metrics import evaluate
 from scalingnote.artifacts import now_iso, read_bundle_manifest
 from scalingnote.beir import load_dataset
-from training.profiles import Profile
+from scalingnote.evaluation.metrics import evaluate
+from scalingnote.training.render import render
+
+Role = Literal["bm25", "baseline", "teacher", "student", "end2end", "finetune"]
 
 
 @dataclass
 class Row:
-    system: str
+    """One measured system. ``stage`` names the pipeline artifact; ``variant`` is ``torch`` or a bundle variant."""
+
+    role: Role
+    stage: str
     encoder: str
     index: str
-    metrics: dict[str, float]
+    variant: str = "torch"
+    layers: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] | None = None
     params: int | None = None
     engine: str = ""
+    system: str = ""
+
+    @property
+    def onnx(self) -> bool:
+        return self.variant != "torch"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def label(row: Row, baseline: str | None) -> str:
+    """The human name of a row, from its typed fields."""
+    onnx = f", ONNX {row.variant}" if row.onnx else " (torch)"
+    size = f"{row.layers}-layer " if row.layers else ""
+    if row.role == "bm25":
+        return "BM25"
+    if row.role == "baseline":
+        return f"{baseline} off the shelf"
+    if row.role == "teacher":
+        return "teacher query tower, ONNX fp32" if row.onnx else "teacher: stage-1 query tower (torch)"
+    if row.role == "student":
+        return f"distilled {size}student{onnx}"
+    if row.role == "end2end":
+        return f"end-to-end {size}dual tower{onnx}"
+    return f"student fine-tuned on labels, teacher index{onnx}"
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def dense_rows(lay, profile: Profile, baseline_index: Path | None) -> list[tuple[str, str, str, Path]]:
-    """(label, encoder spec, variant, index) for every dense system the run produced."""
+def systems(run, baseline_index: Path | None) -> list[Row]:
+    """Every dense system the run produced, unmeasured, in report order."""
+    p, lay = run.profile, run.lay
+    teacher_index = str(lay.teacher_index)
     rows = []
-    if profile.baseline is not None and baseline_index is not None:
-        rows.append((f"{profile.baseline} off the shelf", profile.baseline, "fp32", baseline_index))
-    rows.append(("teacher: stage-1 query tower (torch)", str(lay.teacher), "fp32", lay.teacher_index))
+    if p.baseline is not None and baseline_index is not None:
+        rows.append(Row("baseline", "baseline", p.baseline, str(baseline_index), "fp32"))
+    rows.append(Row("teacher", "teacher", str(lay.teacher), teacher_index))
     if lay.teacher_bundle.is_dir():
-        rows.append(("teacher query tower, ONNX fp32", str(lay.teacher_bundle), "fp32", lay.teacher_index))
-    for name, cfg in profile.students():
-        size = f"{cfg.student.layers}-layer"
-        rows.append((f"distilled {size} student (torch)", str(lay.student_dir(name)), "fp32", lay.teacher_index))
-        bundle = lay.bundle_dir(name)
+        rows.append(Row("teacher", "teacher-bundle", str(lay.teacher_bundle), teacher_index, "fp32"))
+    for name, cfg in p.students():
+        layers, bundle = cfg.student.layers, lay.bundle_dir(name)
+        rows.append(Row("student", name, str(lay.student_dir(name)), teacher_index, layers=layers))
         for variant in read_bundle_manifest(bundle).variants:
-            rows.append((f"distilled {size} student, ONNX {variant}", str(bundle), variant, lay.teacher_index))
-    if profile.end2end is not None and lay.end2end.is_dir():
-        layers = profile.end2end.layers
-        label = f"end-to-end {layers}-layer dual tower (torch)" if layers else "end-to-end dual tower (torch)"
-        rows.append((label, str(lay.end2end), "fp32", lay.end2end_index))
-    if profile.finetune is not None and lay.finetune.is_dir():
-        rows.append(
-            ("student fine-tuned on labels, teacher index (torch)", str(lay.finetune), "fp32", lay.teacher_index)
-        )
+            rows.append(Row("student", bundle.name, str(bundle), teacher_index, variant, layers))
+    if p.end2end is not None and lay.end2end.is_dir():
+        rows.append(Row("end2end", "end2end", str(lay.end2end), str(lay.end2end_index), layers=p.end2end.layers))
+    if p.finetune is not None and lay.finetune.is_dir():
+        rows.append(Row("finetune", "finetune", str(lay.finetune), teacher_index, layers=p.finetune.student.layers))
     return rows
 
 
-def measure(lay, profile: Profile, dataset: Path, baseline_index: Path | None, log) -> list[Row]:
-    from evaluation.bm25 import bm25_run
-    from evaluation.dense import dense_run
-    from training.latency import load_encoder, time_queries
+def measure(run, baseline_index: Path | None) -> list[Row]:
+    """nDCG@10, Recall@100 and MRR@10 on the test split, and batch-1 encode latency, of every system."""
+    from scalingnote.evaluation.bm25 import bm25_run
+    from scalingnote.evaluation.dense import dense_run
+    from scalingnote.training.latency import load_timed, time_queries
 
-    ds = load_dataset(dataset, ("test",))
+    ds = load_dataset(run.dataset, ("test",))
     queries, qrels = ds.split_queries("test"), ds.qrels["test"]
-    rows = [Row("BM25", "bm25s (Lucene k1=0.9 b=0.4)", "-", evaluate(qrels, bm25_run(ds.corpus, queries)))]
-    systems = dense_rows(lay, profile, baseline_index)
-    for label, spec, variant, index in systems:
-        run, _ = dense_run(index, spec, queries, variant=variant)
-        rows.append(Row(label, spec, str(index), evaluate(qrels, run)))
-        log(f"[report] {label}: nDCG@10 {rows[-1].metrics['ndcg@10']:.4f}")
-    texts = list(queries.values())
-    for row, (_, spec, variant, _) in zip(rows[1:], systems, strict=True):
-        enc = load_encoder(spec, variant, threads=profile.latency_threads)
-        row.latency = time_queries(enc.encode, texts, batch_size=1)
+    bm25 = Row("bm25", "bm25", "bm25s (Lucene k1=0.9 b=0.4)", "-", "-")
+    bm25.metrics = evaluate(qrels, bm25_run(ds.corpus, queries))
+    rows = systems(run, baseline_index)
+    for row in rows:
+        variant = "fp32" if row.variant == "torch" else row.variant
+        row.metrics = evaluate(qrels, dense_run(Path(row.index), row.encoder, queries, variant=variant)[0])
+        run.log(f"[report] {label(row, run.profile.baseline)}: nDCG@10 {row.metrics['ndcg@10']:.4f}")
+    for row in rows:
+        enc = load_timed(row.encoder, "fp32" if row.variant == "torch" else row.variant, run.profile.latency_threads)
+        row.latency = time_queries(enc.encode, list(queries.values()), batch_size=1)
         row.params, row.engine = enc.params, enc.engine
+    rows = [bm25, *rows]
+    for row in rows:
+        row.system = label(row, run.profile.baseline)
     return rows
 
 
 def search_latency(index: Path, threads: int) -> dict[str, float]:
     """Exact top-100 FAISS search alone, one query vector at a time (the same for every row of one index)."""
-    from index.store import LoadedIndex
-    from training.latency import pin_faiss_threads, time_queries
+    from scalingnote.index.store import LoadedIndex
+    from scalingnote.training.latency import pin_faiss_threads, time_queries
 
     pin_faiss_threads(threads)
     loaded = LoadedIndex.load(index)
     rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((256, loaded.manifest.doc_tower.dim)).astype(np.float32)
+    vecs = rng.standard_normal((256, loaded.dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return time_queries(lambda rows: rows[0], [v[None] for v in vecs], search=lambda v: loaded.search(v, 100))
 
 
-def _find(rows: list[Row], prefix: str, engine: str | None = None) -> Row | None:
-    return next((r for r in rows if r.system.startswith(prefix) and (engine is None or r.engine == engine)), None)
+def find(rows: list[Row], role: Role, onnx: bool | None = None, layers: int | None = None) -> list[Row]:
+    """The rows of one role (and backend, and size, when given), in report order."""
+    return [
+        r
+        for r in rows
+        if r.role == role and (onnx is None or r.onnx == onnx) and (layers is None or r.layers == layers)
+    ]
 
 
 def targets(rows: list[Row]) -> list[tuple[str, bool | None, str]]:
     """The issue's targets, per student size: (target, met or None when not measurable here, figures)."""
-    out: list[tuple[str, bool | None, str]] = []
-    teacher = _find(rows, "teacher: stage-1")
-    t_onnx = _find(rows, "teacher query tower, ONNX")
-    e2e = _find(rows, "end-to-end")
-    if teacher is None:
-        return out
-    t = teacher.metrics["ndcg@10"]
-    out.append(("teacher nDCG@10 ≥ 0.68", t >= 0.68, f"{t:.4f}"))
-    sizes = sorted({m.group(1) for r in rows if (m := re.match(r"distilled (\d+)-layer", r.system))}, reverse=True)
+    teacher, t_onnx = find(rows, "teacher", onnx=False), find(rows, "teacher", onnx=True)
+    if not teacher:
+        return []
+    t = teacher[0].metrics["ndcg@10"]
+    out: list[tuple[str, bool | None, str]] = [("teacher nDCG@10 ≥ 0.68", t >= 0.68, f"{t:.4f}")]
+    e2e = find(rows, "end2end")
+    sizes = sorted({r.layers for r in find(rows, "student") if r.layers}, reverse=True)
     for size in sizes:
-        student = _find(rows, f"distilled {size}-layer student (torch)")
-        if student is None:
-            continue
-        s = student.metrics["ndcg@10"]
+        s = find(rows, "student", onnx=False, layers=size)[0].metrics["ndcg@10"]
         out.append((f"distilled {size}-layer student ≥ 97% of the teacher", s >= 0.97 * t, f"{s:.4f} = {s / t:.1%}"))
-        if e2e is not None and e2e.system.startswith(f"end-to-end {size}-layer"):
-            e = e2e.metrics["ndcg@10"]
+        if e2e and e2e[0].layers == size:
+            e = e2e[0].metrics["ndcg@10"]
             out.append((f"distilled {size}-layer student > {size}-layer end to end", s > e, f"{s:.4f} vs {e:.4f}"))
-        onnx = [r for r in rows if r.system.startswith(f"distilled {size}-layer student, ONNX") and r.latency]
-        if t_onnx is not None and t_onnx.latency and onnx:
+        onnx = [r for r in find(rows, "student", onnx=True, layers=size) if r.latency]
+        if t_onnx and t_onnx[0].latency and onnx:
             best = min(onnx, key=lambda r: r.latency["p50_ms"])
-            ratio = best.latency["p50_ms"] / t_onnx.latency["p50_ms"]
+            ratio = best.latency["p50_ms"] / t_onnx[0].latency["p50_ms"]
+            what = f"{size}-layer student latency ≤ 40% of the teacher's (ONNX, batch 1, p50; {best.engine})"
             out.append(
                 (
-                    f"{size}-layer student latency ≤ 40% of the teacher's (ONNX, batch 1, p50; {best.engine})",
+                    what,
                     ratio <= 0.40,
-                    f"{best.latency['p50_ms']:.1f} / {t_onnx.latency['p50_ms']:.1f} ms = {ratio:.0%}",
+                    f"{best.latency['p50_ms']:.1f} / {t_onnx[0].latency['p50_ms']:.1f} ms = {ratio:.0%}",
                 )
             )
-    if e2e is None:
+    if not e2e:
         out.append(("distilled student > the same student end to end", None, "no end-to-end run in this profile"))
     return out
 
@@ -155,15 +174,9 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     for r in rows:
         if r.latency:
             ax.scatter(r.latency["p50_ms"], r.metrics["ndcg@10"])
-            ax.annotate(
-                r.system,
-                (r.latency["p50_ms"], r.metrics["ndcg@10"]),
-                fontsize=7,
-                xytext=(4, 2),
-                textcoords="offset points",
-            )
-    bm25 = _find(rows, "BM25")
-    if bm25 is not None:
+            point = (r.latency["p50_ms"], r.metrics["ndcg@10"])
+            ax.annotate(r.system, point, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    for bm25 in find(rows, "bm25"):
         ax.axhline(bm25.metrics["ndcg@10"], linestyle="--", color="grey", label="BM25")
         ax.legend()
     ax.set_xscale("log")
@@ -177,147 +190,30 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def render(
-    profile: Profile,
-    lay,
-    dataset: Path,
-    rows: list[Row],
-    stages,
-    wall_s: float,
-    load: tuple[float, float],
-    n_queries: int,
-    search: dict[str, float],
-) -> str:
-    threads = profile.latency_threads
-    lines = [
-        f"# ScalingNote pipeline report: profile `{profile.name}`",
-        "",
-        f"{profile.description}",
-        "",
-        f"- dataset: `{dataset}`, test split ({n_queries} judged queries)",
-        f"- machine: {os.cpu_count()} CPU(s), {cpu_model()}; load average {load[0]:.1f} at start, {load[1]:.1f} at end",
-        f"- finished {now_iso()}; wall time of this run **{wall_s / 60:.1f} min**; "
-        f"sum of stage times {sum(stages.seconds.values()) / 60:.1f} min"
-        + (f" (skipped, up to date: {', '.join(stages.skipped)})" if stages.skipped else ""),
-        "",
-        "| system | nDCG@10 | Recall@100 | MRR@10 | latency p50 / p99 ms | query params | engine |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lat = f"{r.latency['p50_ms']:.1f} / {r.latency['p99_ms']:.1f}" if r.latency else "-"
-        params = f"{r.params / 1e6:.1f} M" if r.params else "-"
-        m = r.metrics
-        lines.append(
-            f"| {r.system} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} | {lat} | {params} | "
-            f"{r.engine or '-'} |"
-        )
-    lines += [
-        "",
-        f"Latency: query encoding, one query at a time (batch 1), {threads} thread(s) for torch and ONNX Runtime,"
-        " median and p99 over the test queries (tokenisation included). The exact top-100 FAISS search of the"
-        f" teacher index adds {search['p50_ms']:.2f} ms p50 / {search['p99_ms']:.2f} ms p99 ({threads} thread(s)).",
-        "Query params: weights of the query-side encoder (the doc tower and index are shared by the teacher and"
-        " its students).",
-        "",
-        "## Targets",
-        "",
-        "| target | met | measured |",
-        "|---|---|---|",
-    ]
-    for what, met, figure in targets(rows):
-        lines.append(f"| {what} | {'n/a' if met is None else ('yes' if met else '**no**')} | {figure} |")
-    lines += [
-        "",
-        "![nDCG@10 against query latency](report.png)",
-        "",
-        "## Stages",
-        "",
-        "| stage | minutes | |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {s / 60:.1f} | {'skipped (up to date)' if name in stages.skipped else ''} |"
-        for name, s in stages.seconds.items()
-    ]
-    teacher = _read_json(lay.teacher / "train.json")
-    lines += ["", "## Details", ""]
-    if teacher:
-        cfg = teacher["config"]
-        lines.append(
-            f"- teacher: `{cfg['backbone']}` {'shared' if cfg['shared'] else 'separate'} towers, {cfg['steps']} steps"
-            f" × batch {cfg['batch_size']} ({cfg['negatives']} hard negative(s)/query), {teacher['examples']}"
-            f" training pairs, {teacher['train_seconds'] / 60:.1f} min of training"
-        )
-    for name, _ in profile.students():
-        student = _read_json(lay.student_dir(name) / "train.json")
-        bundle_dir = lay.bundle_dir(name)
-        if student:
-            cfg, held = student["config"], student["heldout"]
-            lines.append(
-                f"- `{name}`: first {cfg['student']['layers']} layers of `{cfg['student']['backbone']}` + projection,"
-                f" {cfg['steps']} steps × {cfg['batch_size']} on {student['queries']} queries; held-out agreement"
-                f" with the teacher: cosine {held['heldout_cos']:.3f}, top-10 overlap"
-                f" {held.get('heldout_top10_overlap', 0):.3f}"
-            )
-        if bundle_dir.is_dir():
-            bundle = read_bundle_manifest(bundle_dir)
-            gates = ", ".join(f"{k} {v:.4f}" for k, v in bundle.parity.items())
-            lines.append(f"- `{bundle_dir.name}` export gates: {gates}; variants kept: {', '.join(bundle.variants)}")
-            quant = _read_json(bundle_dir / "quantization.json")
-            if quant:
-                lines.append(f"- `{bundle_dir.name}` int8: {quant.get('summary', '')}")
-    e2e = _read_json(lay.end2end / "train.json")
-    if e2e:
-        cfg = e2e["config"]
-        lines.append(
-            f"- end-to-end: first {cfg['layers']} layers of `{cfg['backbone']}` as separate query/doc towers, the"
-            f" teacher's recipe ({cfg['steps']} steps × batch {cfg['batch_size']}, same pairs),"
-            f" {e2e['train_seconds'] / 60:.1f} min of training; queries its own doc tower's index"
-        )
-    lines += [
-        "",
-        "## Artifacts",
-        "",
-        f"- teacher (dual tower): `{lay.teacher}`",
-        f"- teacher index: `{lay.teacher_index}`",
-        f"- student bundle (serve this with the teacher index): `{lay.bundle_dir('student')}`",
-        f"- curves: `{lay.curves}/*.png` (JSONL next to them)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_report(
-    profile: Profile,
-    lay,
-    dataset: Path,
-    stages,
-    baseline_index: Path | None,
-    t_start: float,
-    load_start: float,
-    log: Callable[[str], None] = print,
-) -> Path:
+def write_report(run, done, baseline_index: Path | None, t_start: float, load_start: float) -> Path:
+    """Measure every system, then write ``report.md``, ``report.json`` and ``report.png``; returns report.md."""
     t0 = time.monotonic()
-    rows = measure(lay, profile, dataset, baseline_index, log)
-    search = search_latency(lay.teacher_index, profile.latency_threads)
-    stages.seconds["report"] = time.monotonic() - t0
+    rows = measure(run, baseline_index)
+    search = search_latency(run.lay.teacher_index, run.profile.latency_threads)
+    done.seconds["report"] = time.monotonic() - t0
     wall = time.monotonic() - t_start
-    n_queries = len(load_dataset(dataset, ("test",)).qrels["test"])
+    n_queries = len(load_dataset(run.dataset, ("test",)).qrels["test"])
     load = (load_start, os.getloadavg()[0])
-    text = render(profile, lay, dataset, rows, stages, wall, load, n_queries, search)
-    chart(rows, lay.root / "report.png", f"ScalingNote `{profile.name}` profile, {dataset.name} test")
-    (lay.root / "report.md").write_text(text, encoding="utf-8")
+    root = run.lay.root
+    text = render(run, rows, targets(rows), done, wall, load, n_queries, search)
+    chart(rows, root / "report.png", f"ScalingNote `{run.profile.name}` profile, {run.dataset.name} test")
+    (root / "report.md").write_text(text, encoding="utf-8")
     payload = {
-        "profile": profile.model_dump(),
-        "dataset": str(dataset),
+        "profile": run.profile.model_dump(),
+        "dataset": str(run.dataset),
         "rows": [asdict(r) for r in rows],
         "targets": [{"target": t, "met": m, "measured": f} for t, m, f in targets(rows)],
         "search_latency": search,
-        "stage_seconds": stages.seconds,
-        "skipped": stages.skipped,
+        "stage_seconds": done.seconds,
+        "skipped": done.skipped,
         "wall_seconds": wall,
         "finished_at": now_iso(),
     }
-    (lay.root / "report.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    log(text)
-    return lay.root / "report.md"
+    (root / "report.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    run.log(text)
+    return root / "report.md"

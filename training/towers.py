@@ -6,6 +6,7 @@ each query is contrasted against the global batch (cross-rank negatives).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -13,15 +14,22 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
-from modeling.dual import DualTower
-from modeling.losses import InfoNCE
-from modeling.tower import default_encoder_config
 from scalingnote.artifacts import EncoderConfig, Pooling, staging_dir
 from scalingnote.beir import BeirDataset, load_dataset
-from scalingnote.encoders import resolve
 from scalingnote.errors import UserError
-from training.data import Batches, Example, mine_negatives, pseudo_query_examples, qrels_examples, title_examples
-from training.loop import LoopConfig, fingerprint, publish_trained, setup_distributed, train_loop
+from scalingnote.modeling.dual import DualTower
+from scalingnote.modeling.losses import InfoNCE, world
+from scalingnote.modeling.tower import default_encoder_config
+from scalingnote.specs import resolve
+from scalingnote.training.data import (
+    Batches,
+    Example,
+    mine_negatives,
+    pseudo_query_examples,
+    qrels_examples,
+    title_examples,
+)
+from scalingnote.training.loop import LoopConfig, fingerprint, publish_trained, setup_distributed, train_loop
 
 
 class TowerConfig(BaseModel):
@@ -39,7 +47,6 @@ class TowerConfig(BaseModel):
     doc_prefix: str = ""
     split: str = "train"
     title_pairs: bool = True
-    pseudo_queries: int = 0
     negatives: int = 1
     mine_depth: int = 30
     mine_skip: int = 3
@@ -71,6 +78,54 @@ def training_examples(cfg: TowerConfig, ds: BeirDataset, pseudo: dict[str, list[
     return examples
 
 
+def build_dual(cfg: TowerConfig, ident: str) -> DualTower:
+    """Query and doc towers from ``cfg.backbone`` with the configured pooling, lengths, freezing and LoRA."""
+    ref = resolve(cfg.backbone)
+    if ref.kind != "hf":
+        raise UserError(f"stage 1 starts from a pretrained backbone, not a {ref.kind} directory: {cfg.backbone}")
+    pooling = cfg.pooling or default_encoder_config(ref.path).pooling
+    dual = DualTower.from_backbone(
+        ref.path,
+        ident=ident,
+        backbone=cfg.backbone,
+        query_encoder=EncoderConfig(pooling=pooling, max_length=cfg.query_max_length, prefix=cfg.query_prefix),
+        doc_encoder=EncoderConfig(pooling=pooling, max_length=cfg.doc_max_length, prefix=cfg.doc_prefix),
+        shared=cfg.shared,
+        layers=cfg.layers,
+    )
+    if cfg.freeze_embeddings:
+        dual.freeze_input_embeddings()
+    if cfg.gradient_checkpointing:
+        dual.enable_gradient_checkpointing()
+    if cfg.lora_rank:
+        dual.add_lora(cfg.lora_rank, cfg.lora_alpha)
+    return dual
+
+
+def towers_step(
+    cfg: TowerConfig, dual: DualTower, model: torch.nn.Module, batches: Batches, device: torch.device
+) -> Callable[[int], dict[str, float]]:
+    """One optimiser step; with accumulation, ``accumulation`` micro-batches (each with its own negatives)."""
+    rank, size = world()
+    loss_fn = InfoNCE(cfg.temperature)
+    bf16 = dual.query.resolve_dtype(cfg.dtype) == torch.bfloat16
+
+    def step_fn(step: int) -> dict[str, float]:
+        total = 0.0
+        for micro in range(cfg.accumulation):
+            b = batches.get(step, rank * cfg.accumulation + micro, size * cfg.accumulation)
+            q_in = {k: v.to(device) for k, v in dual.query.batch(b.queries).items()}
+            d_in = {k: v.to(device) for k, v in dual.doc.batch(b.docs).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                q, d = model(q_in, d_in)
+            loss = loss_fn(q, d, b.target.to(device), b.doc_keys.to(device), b.positive_keys.to(device))
+            (loss / cfg.accumulation).backward()
+            total += loss.item() / cfg.accumulation
+        return {"loss": total}
+
+    return step_fn
+
+
 def train_towers(
     cfg: TowerConfig,
     dataset: Path,
@@ -85,55 +140,17 @@ def train_towers(
     """Train a dual tower from ``cfg.backbone`` and publish it at ``out`` (resumes from ``work`` unless told not)."""
     rank, size, device = setup_distributed()
     torch.manual_seed(cfg.seed)
-    ref = resolve(cfg.backbone)
-    if ref.kind != "hf":
-        raise UserError(f"stage 1 starts from a pretrained backbone, not a {ref.kind} directory: {cfg.backbone}")
-    pooling = cfg.pooling or default_encoder_config(ref.path).pooling
-    query_enc = EncoderConfig(pooling=pooling, max_length=cfg.query_max_length, prefix=cfg.query_prefix)
-    doc_enc = EncoderConfig(pooling=pooling, max_length=cfg.doc_max_length, prefix=cfg.doc_prefix)
+    if cfg.batch_size % (size * cfg.accumulation):
+        raise UserError(f"batch {cfg.batch_size} is not divisible by {size} rank(s) × {cfg.accumulation} micro-steps")
     ds = load_dataset(dataset, (cfg.split,))
     examples = training_examples(cfg, ds, pseudo)
     key = fingerprint("towers", cfg.model_dump(), str(Path(dataset).resolve()), len(examples), size)
-    ident = f"{Path(cfg.backbone).name}-dual-{key[:8]}"
-    dual = DualTower.from_backbone(
-        ref.path,
-        ident=ident,
-        backbone=cfg.backbone,
-        query_encoder=query_enc,
-        doc_encoder=doc_enc,
-        shared=cfg.shared,
-        layers=cfg.layers,
-    )
-    if cfg.freeze_embeddings:
-        dual.freeze_input_embeddings()
-    if cfg.gradient_checkpointing:
-        dual.enable_gradient_checkpointing()
-    if cfg.lora_rank:
-        dual.add_lora(cfg.lora_rank, cfg.lora_alpha)
-    dual.to(device)
+    dual = build_dual(cfg, ident=f"{Path(cfg.backbone).name}-dual-{key[:8]}").to(device)
     model = torch.nn.parallel.DistributedDataParallel(dual) if size > 1 else dual
-    if cfg.batch_size % (size * cfg.accumulation):
-        raise UserError(f"batch {cfg.batch_size} is not divisible by {size} rank(s) × {cfg.accumulation} micro-steps")
     batches = Batches(examples, ds.corpus, cfg.batch_size, cfg.negatives, cfg.seed)
-    loss_fn = InfoNCE(cfg.temperature)
-    bf16 = dual.query.resolve_dtype(cfg.dtype) == torch.bfloat16
     if rank == 0:
+        bf16 = dual.query.resolve_dtype(cfg.dtype) == torch.bfloat16
         log(f"stage 1: {len(examples)} examples, {cfg.steps} steps of {cfg.batch_size} on {size} rank(s), bf16={bf16}")
-
-    def step_fn(step: int) -> dict[str, float]:
-        """One optimiser step; with accumulation, ``accumulation`` micro-batches (each its own negatives)."""
-        total = 0.0
-        for micro in range(cfg.accumulation):
-            b = batches.get(step, rank * cfg.accumulation + micro, size * cfg.accumulation)
-            q_in = {k: v.to(device) for k, v in dual.query.batch(b.queries).items()}
-            d_in = {k: v.to(device) for k, v in dual.doc.batch(b.docs).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                q, d = model(q_in, d_in)
-            loss = loss_fn(q, d, b.target.to(device), b.doc_keys.to(device), b.positive_keys.to(device))
-            (loss / cfg.accumulation).backward()
-            total += loss.item() / cfg.accumulation
-        return {"loss": total}
-
     loop = LoopConfig(
         cfg.steps,
         cfg.lr,
@@ -142,6 +159,7 @@ def train_towers(
         checkpoint_every=cfg.checkpoint_every,
         resume=resume,
     )
+    step_fn = towers_step(cfg, dual, model, batches, device)
     seconds = train_loop(
         dual, step_fn, loop, work=work, key=key, curve=work / "curves.jsonl", desc="stage 1 towers", progress=progress
     )
@@ -149,7 +167,7 @@ def train_towers(
         tmp = staging_dir(out)
         space = dual.save(tmp)
         info = {"config": cfg.model_dump(), "examples": len(examples), "world_size": size, "train_seconds": seconds}
-        publish_trained(tmp, out, work, info | {"doc_tower": space.model_dump()})
+        publish_trained(tmp, out, work, info | {"space": space.model_dump()})
     if size > 1:
         dist.barrier()
     return out

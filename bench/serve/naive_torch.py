@@ -24,26 +24,19 @@ class Body(BaseModel):
 
 
 def create_app(model: str, index_dir: Path) -> FastAPI:
-    from index import versions
-    from index.store import LoadedIndex
-    from modeling.tower import Tower
-    from scalingnote.encoders import resolve
+    from scalingnote.index import versions
+    from scalingnote.index.store import LoadedIndex
+    from scalingnote.modeling.loading import load_query_encoder
 
-    ref = resolve(model)
-    tower = Tower.from_pretrained(ref.tower_path("query"), ident=ref.id).eval()
+    encoder = load_query_encoder(model)
     index = LoadedIndex.load(versions.current_path(index_dir) if versions.is_root(index_dir) else index_dir)
     app = FastAPI(title="naive torch /search baseline")
 
     @app.post("/search")
     def search(body: Body) -> dict:
         started = time.perf_counter()
-        vectors = tower.encode([body.query], batch_size=1, dtype="fp32", progress=False)
-        scores, rows = index.search(vectors, body.k)
-        results = [
-            {"id": index.ids[r], "score": float(s), "title": index.titles[r]}
-            for s, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)
-            if r >= 0
-        ]
+        (hits,) = index.hits(encoder.encode([body.query], batch_size=1), body.k)
+        results = [h.model_dump() for h in hits]
         took = round((time.perf_counter() - started) * 1000, 3)
         return {"results": results, "took_ms": took, "index_version": index.manifest.version, "truncated": False}
 

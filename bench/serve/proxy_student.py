@@ -23,17 +23,17 @@ def main() -> None:
     p.add_argument("--queries", type=Path, default=None, help="Held-out queries (qid<TAB>text) for the int8 gate.")
     args = p.parse_args()
 
-    from modeling.tower import Tower
     from scalingnote.beir import load_queries
-    from scalingnote.encoders import builtin_path, doc_space, resolve
-    from training.export import export_bundle
+    from scalingnote.modeling.tower import Tower
+    from scalingnote.specs import builtin_path, doc_space, resolve
+    from scalingnote.training.export import export_bundle
 
     tower = Tower.from_pretrained(builtin_path("minilm-l6"), ident="minilm-l6")
     bert: Any = tower.backbone  # a transformers BertModel
     bert.encoder.layer = bert.encoder.layer[: args.layers]
     bert.config.num_hidden_layers = args.layers
     name = f"proxy-minilm-l{args.layers}"
-    tower.save(args.out / "tower", id=name, role="query", target=doc_space(resolve("minilm-l6")), teacher="minilm-l6")
+    tower.save(args.out / "tower", id=name, role="query", space=doc_space(resolve("minilm-l6")), teacher="minilm-l6")
     queries = list(load_queries(args.queries).values())[:512] if args.queries else []
     manifest = export_bundle(
         str(args.out / "tower"), args.out / "bundle", index_dir=args.index, queries=queries, int8=bool(queries)

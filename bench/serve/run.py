@@ -197,7 +197,7 @@ def infinity_system(args: argparse.Namespace, bodies: Path, work: Path) -> Syste
         )
         if proc.returncode != 0 or not exe.is_file():
             return f"infinity-emb did not install: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
-    from scalingnote.encoders import resolve
+    from scalingnote.specs import resolve
 
     backbone = resolve(args.query_model).tower_path("query")
     model_dir = work / f"infinity-{hashlib.sha256(str(backbone).encode()).hexdigest()[:12]}"
@@ -395,10 +395,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    from index import versions
     from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
-    from scalingnote.bundle import pick_variant
+    from scalingnote.index import versions
     from scalingnote.paths import data_root
+    from scalingnote.runtime.bundle import pick_variant
+    from scalingnote.training.render import cpu_model
 
     args = parse_args()
     if args.render:
@@ -459,7 +460,7 @@ def main() -> None:
     results: dict = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg(),
@@ -509,13 +510,6 @@ def main() -> None:
     print(section)
     readme = "" if args.quick else f" and {README}"
     print(f"wrote {args.out_dir / 'results.json'}, latency_vs_throughput.png{readme} ({results['wall_s']} s)")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.routes import admin, health, search
+from scalingnote.service.routes import admin, health, search
 
 api_router = APIRouter()
 api_router.include_router(search.router)

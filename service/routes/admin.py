@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from index import versions
-from service.deps import EngineDep, StateDep, require_api_key
-from service.lifecycle import reload_index, rollback_index
-from service.schemas import ErrorBody, IndexState, ReloadRequest, ReloadResponse
+from scalingnote.index import versions
+from scalingnote.service.deps import EngineDep, StateDep, require_api_key
+from scalingnote.service.lifecycle import reload_index, rollback_index
+from scalingnote.service.schemas import ErrorBody, IndexState, ReloadRequest, ReloadResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
-from service.deps import StateDep
-from service.schemas import Status
+from scalingnote.service.deps import StateDep
+from scalingnote.service.schemas import Status
 
 router = APIRouter(tags=["health"])
 

@@ -7,13 +7,12 @@ import time
 
 from fastapi import APIRouter, HTTPException, status
 
-from service import engine
-from service.deps import BatcherDep, SettingsDep
-from service.schemas import (
+from scalingnote.service import engine
+from scalingnote.service.deps import BatcherDep, SettingsDep
+from scalingnote.service.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     ErrorBody,
-    Hit,
     QueryResult,
     SearchRequest,
     SearchResponse,
@@ -40,17 +39,13 @@ async def _run(batcher: BatcherDep, settings: SettingsDep, texts: list[str], k: 
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "request timed out waiting for a batch") from None
 
 
-def _hits(hits: list[engine.Hit]) -> list[Hit]:
-    return [Hit(id=h.id, score=h.score, title=h.title) for h in hits]
-
-
 @router.post("/search", response_model_exclude_none=True, responses=ERRORS)
 async def search(body: SearchRequest, batcher: BatcherDep, settings: SettingsDep) -> SearchResponse:
     """Top-k documents for one query. A query longer than the bundle's max tokens is cut (`truncated`)."""
     started = time.perf_counter()
     out = await _run(batcher, settings, [body.query], body.k)
     return SearchResponse(
-        results=_hits(out.hits[0]),
+        results=out.hits[0],
         truncated=out.truncated[0],
         took_ms=round((time.perf_counter() - started) * 1000, 3),
         index_version=out.version,
@@ -68,7 +63,7 @@ async def search_batch(body: BatchSearchRequest, batcher: BatcherDep, settings: 
     started = time.perf_counter()
     out = await _run(batcher, settings, body.queries, body.k)
     return BatchSearchResponse(
-        responses=[QueryResult(results=_hits(h), truncated=t) for h, t in zip(out.hits, out.truncated, strict=True)],
+        responses=[QueryResult(results=h, truncated=t) for h, t in zip(out.hits, out.truncated, strict=True)],
         took_ms=round((time.perf_counter() - started) * 1000, 3),
         index_version=out.version,
     )

@@ -12,19 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Encoding
 
 from scalingnote.artifacts import BundleManifest, read_bundle_manifest
 from scalingnote.errors import ArtifactError, UserError
-from scalingnote.tokenization import load_tokenizer, pad_encodings
+from scalingnote.runtime.device import cuda_available
+from scalingnote.runtime.tokenization import length_sorted_batches, load_tokenizer, pad_encodings
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
-
-
-def cuda_available() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def pick_variant(manifest: BundleManifest, variant: str) -> str:
@@ -39,7 +35,7 @@ def pick_variant(manifest: BundleManifest, variant: str) -> str:
 
 
 def make_session(model: Path, threads: int | None = None, spin: bool = True):
-    """An ONNX Runtime session on CUDA when available, else CPU with ``threads`` intra-op threads.
+    """An ONNX Runtime session on CUDA when a GPU is there, else CPU with ``threads`` intra-op threads.
 
     ``spin=False`` stops idle intra-op threads from busy-waiting for work, which leaves the CPU to the
     other threads of a process (a server's event loop) at the cost of a slower wake-up.
@@ -52,9 +48,7 @@ def make_session(model: Path, threads: int | None = None, spin: bool = True):
     opts.inter_op_num_threads = 1
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if cuda_available():
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_available() else ["CPUExecutionProvider"]
     try:
         return ort.InferenceSession(os.fspath(model), sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for corrupt graphs
@@ -81,22 +75,36 @@ class BundleEncoder:
         self.provider = self.session.get_providers()[0]
 
     @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
     def dim(self) -> int:
         return self.manifest.dim
 
-    def encode_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-        """Embeddings [N, dim] (float32) and, per text, whether it was cut to ``max_length`` tokens."""
+    @property
+    def engine(self) -> str:
+        return f"onnx-{self.variant}"
+
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
         prefix = self.manifest.encoder.prefix
-        encodings = self.tokenizer.encode_batch([prefix + t for t in texts])
+        return self.tokenizer.encode_batch([prefix + t for t in texts])
+
+    def run(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """One ONNX call over ``encodings`` (padded to the longest): float32 [N, dim]."""
         ids, mask = pad_encodings(encodings, self.pad_id)
         (vectors,) = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
-        return np.asarray(vectors, dtype=np.float32), [bool(e.overflowing) for e in encodings]
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """Embeddings [N, dim] in one call and, per text, whether it was cut to ``max_length`` tokens."""
+        encodings = self.tokenize(texts)
+        return self.run(encodings), [bool(e.overflowing) for e in encodings]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embed any number of texts in length-sorted batches."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        """Embed any number of texts in batches of similar token length."""
+        encodings = self.tokenize(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.encode_with_flags([texts[i] for i in idx])[0]
+        for idx in length_sorted_batches(encodings, batch_size):
+            out[idx] = self.run([encodings[i] for i in idx])
         return out

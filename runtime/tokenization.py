@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 from tokenizers.processors import TemplateProcessing
 
+from scalingnote.artifacts import TOKENIZER_FILE, TOKENIZER_SIDECARS
 from scalingnote.errors import ArtifactError
 
 
@@ -20,12 +22,13 @@ def json_or_empty(path: Path) -> dict:
 
 def load_tokenizer(path: Path, max_length: int, append_eos: bool) -> tuple[Tokenizer, int]:
     """The tower's fast tokenizer (truncating, unpadded) and its pad id."""
-    if not (path / "tokenizer.json").is_file():
-        raise ArtifactError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    if not (path / TOKENIZER_FILE).is_file():
+        raise ArtifactError(f"{path} has no {TOKENIZER_FILE} (a fast tokenizer is required)")
+    tok = Tokenizer.from_file(str(path / TOKENIZER_FILE))
     tok.no_padding()
-    special = json_or_empty(path / "tokenizer_config.json")
-    special |= json_or_empty(path / "special_tokens_map.json")
+    special: dict = {}
+    for name in TOKENIZER_SIDECARS:
+        special |= json_or_empty(path / name)
     if append_eos:
         eos = _token(special.get("eos_token"))
         if eos is None or tok.token_to_id(eos) is None:
@@ -52,3 +55,19 @@ def pad_encodings(encodings: Sequence[Encoding], pad_id: int) -> tuple[np.ndarra
         ids[i, : len(e.ids)] = e.ids
         mask[i, : len(e.ids)] = 1
     return ids, mask
+
+
+def length_sorted_batches(encodings: Sequence[Encoding], batch_size: int) -> Iterator[np.ndarray]:
+    """Row numbers of ``encodings`` in batches of similar token length, longest first (least padding)."""
+    order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def copy_sidecars(src: Path | None, dst: Path) -> None:
+    """Copy the tokenizer's special-token files that sit next to ``tokenizer.json`` (when ``src`` has them)."""
+    if src is None or Path(src).resolve() == Path(dst).resolve():
+        return
+    for name in TOKENIZER_SIDECARS:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)

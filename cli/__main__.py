@@ -1,4 +1,4 @@
-"""``python -m scalingnote``."""
+"""``python -m scalingnote.cli``."""
 
 from scalingnote.cli import main
 

@@ -1,4 +1,4 @@
-"""Resolve an encoder spec (built-in name or directory) and its embedding space, without torch.
+"""Encoder specs: resolve a built-in name or a directory, and the embedding space it reads or writes (no torch).
 
 Accepted specs:
 
@@ -19,14 +19,20 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from scalingnote.artifacts import BUNDLE_MANIFEST, DocTower, read_bundle_manifest, weights_sha256
+from scalingnote.artifacts import (
+    BUNDLE_MANIFEST,
+    DUAL_JSON,
+    TOWER_JSON,
+    EmbeddingSpace,
+    TowerMeta,
+    read_bundle_manifest,
+    weights_sha256,
+)
 from scalingnote.errors import ArtifactError, UserError
 from scalingnote.paths import cache_root
 
 Kind = Literal["hf", "tower", "dual", "bundle"]
 Role = Literal["query", "doc"]
-TOWER_JSON = "tower.json"
-DUAL_JSON = "dual.json"
 
 
 @dataclass(frozen=True)
@@ -126,27 +132,27 @@ def hf_dim(path: Path) -> int:
 
 
 @cache
-def _own_space(path: Path, ident: str) -> DocTower:
+def _own_space(path: Path, ident: str) -> EmbeddingSpace:
     meta = _read_json(path / TOWER_JSON) if (path / TOWER_JSON).is_file() else {}
     dim = int(meta["dim"]) if "dim" in meta else hf_dim(path)
-    return DocTower(id=ident, sha256=weights_sha256(path), dim=dim)
+    return EmbeddingSpace(id=ident, sha256=weights_sha256(path), dim=dim)
 
 
-def doc_space(ref: EncoderRef) -> DocTower:
+def doc_space(ref: EncoderRef) -> EmbeddingSpace:
     """The space an encoder's doc side embeds into (its own weights)."""
     path = ref.tower_path("doc")
     ident = ref.id if ref.kind == "hf" else _read_json(path / TOWER_JSON).get("id", path.name)
     return _own_space(path, ident)
 
 
-def query_space(ref: EncoderRef) -> DocTower:
+def query_space(ref: EncoderRef) -> EmbeddingSpace:
     """The doc space a query encoder targets: recorded for bundles, students and duals; else its own."""
     if ref.kind == "bundle":
-        return read_bundle_manifest(ref.path).doc_tower
+        return read_bundle_manifest(ref.path).space
     if ref.kind == "dual":
         return doc_space(ref)
     if ref.kind == "tower":
-        target = _read_json(ref.path / TOWER_JSON).get("target")
-        if target:
-            return DocTower.model_validate(target)
+        space = TowerMeta.model_validate(_read_json(ref.path / TOWER_JSON)).space
+        if space is not None:
+            return space
     return doc_space(ref)

@@ -1,0 +1,1 @@
+"""Inference runtime without torch: tokenization and the ONNX query encoder of a model bundle."""

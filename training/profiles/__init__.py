@@ -1,0 +1,165 @@
+"""Pipeline profiles: every hyper-parameter of a run, as a TOML file validated by :class:`Profile`.
+
+The built-in profiles are the ``*.toml`` files next to this module (``demo``, ``cpu``, ``cpu-llm``, ``gpu``);
+a user's own file works the same way (``--profile-file``), and ``--set a.b=value`` overrides any field of
+either. The distillation loss of every built-in profile is the paper's, MSE + λ·(1 − cos) on query
+embeddings only (``kl_weight`` = 0).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from scalingnote.errors import UserError, validation_message
+from scalingnote.training.distill import DistillConfig, StudentConfig
+from scalingnote.training.doc2query import Doc2QueryConfig
+from scalingnote.training.query_finetune import FinetuneConfig
+from scalingnote.training.towers import TowerConfig
+
+BUILTIN_DIR = Path(__file__).parent
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    int8: bool = True
+    min_parity: float = 0.9999
+    min_overlap: float = 0.95
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    dataset: str = "scifact"
+    doc2query: Doc2QueryConfig | None = None
+    towers: TowerConfig
+    nproc: int = 1
+    index_batch_size: int = 64
+    distill: DistillConfig
+    extra_students: list[int] = []
+    end2end: TowerConfig | None = None
+    finetune: FinetuneConfig | None = None
+    baseline: str | None = None
+    export: ExportConfig = ExportConfig()
+    latency_threads: int = 1
+
+    def capped(self, max_steps: int | None = None, max_queries: int | None = None) -> Profile:
+        """A copy with every training stage cut to ``max_steps`` and distillation to ``max_queries`` (smoke runs)."""
+        p = self.model_copy(deep=True)
+        if max_steps is not None:
+            p.towers.steps = min(p.towers.steps, max_steps)
+            p.distill.steps = min(p.distill.steps, max_steps)
+            p.distill.eval_every = min(p.distill.eval_every, max_steps)
+            for stage in (p.end2end, p.finetune):
+                if stage is not None:
+                    stage.steps = min(stage.steps, max_steps)
+        if max_queries is not None:
+            p.distill.max_queries = max_queries
+            p.distill.heldout = min(p.distill.heldout, max_queries // 4)
+        return p
+
+    def students(self) -> list[tuple[str, DistillConfig]]:
+        """``(name, config)`` of every distilled student: the primary ``student`` and ``student-l<N>`` extras."""
+        extra = [
+            (
+                f"student-l{n}",
+                self.distill.model_copy(update={"student": self.distill.student.model_copy(update={"layers": n})}),
+            )
+            for n in self.extra_students
+        ]
+        return [("student", self.distill), *extra]
+
+
+def small_dual(teacher: TowerConfig, student: StudentConfig) -> TowerConfig:
+    """The paper's end-to-end baseline: the student's architecture trained as an ordinary dual tower with the
+    teacher's recipe (same data, steps and negatives)."""
+    return teacher.model_copy(update={"layers": student.layers, "query_max_length": student.max_length})
+
+
+def builtin_profiles() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.toml"))}
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """``a.b.c=value`` → (``["a", "b", "c"]``, value read as TOML, or as the plain string when it is not TOML)."""
+    path, sep, raw = item.partition("=")
+    if not sep or not path.strip():
+        raise UserError(f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. towers.lr=5e-5")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return [p.strip() for p in path.split(".")], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each ``a.b=value`` into the nested profile dict (tables are created as needed)."""
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {key!r} is not a table of the profile")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def read_profile_file(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"profile file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML ({exc})") from None
+
+
+def load_profile(name: str = "cpu", file: Path | None = None, overrides: list[str] | None = None) -> Profile:
+    """A built-in profile by ``name``, or the TOML ``file``; then ``overrides``; validated as a whole."""
+    if file is None:
+        known = builtin_profiles()
+        if name not in known:
+            raise UserError(f"unknown profile {name!r} (known: {', '.join(known)}; or --profile-file FILE)")
+        file = known[name]
+    data = read_profile_file(Path(file))
+    data.setdefault("name", Path(file).stem)
+    try:
+        return Profile.model_validate(apply_overrides(data, overrides or []))
+    except ValidationError as exc:
+        raise UserError(f"profile {data['name']!r}: {validation_message(exc)}") from None
+
+
+def profile_toml(profile: Profile) -> str:
+    """A profile as TOML (what ``scalingnote profiles show`` prints; loads back to the same profile)."""
+    return _toml_table(profile.model_dump(exclude_none=True), [])
+
+
+def _toml_table(data: dict, path: list[str]) -> str:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"[{'.'.join(path)}]"] if path and scalars else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    text = "\n".join(lines)
+    for key, table in tables.items():
+        text += "\n\n" + _toml_table(table, [*path, key])
+    return text.strip("\n") + ("\n" if not path else "")
+
+
+def _toml_value(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
