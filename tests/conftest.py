@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ from types import ModuleType
 
 import httpx
 import pytest
+
+# Indexes the code shares across runs through a cache: the tests' own go to a fresh folder, never the user's.
+os.environ["SCALINGNOTE_INDEX_CACHE_DIR"] = tempfile.mkdtemp(prefix="scalingnote-test-index-cache-")
 
 from scalingnote.paths import data_root
 from scalingnote.specs import builtin_path
@@ -193,7 +197,8 @@ class Server:
 
 def server_env(**settings: object) -> dict[str, str]:
     """The environment minus inherited ``SCALINGNOTE_*`` settings, plus ``settings`` as env vars."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALINGNOTE_") or k == "SCALINGNOTE_DATA_DIR"}
+    keep = ("SCALINGNOTE_DATA_DIR", "SCALINGNOTE_INDEX_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALINGNOTE_") or k in keep}
     env |= {f"SCALINGNOTE_{k.upper()}": str(v) for k, v in settings.items()}
     return env
 

@@ -25,7 +25,7 @@ def test_set_overrides_any_nested_field_with_a_typed_value() -> None:
     overrides = ["towers.lr=5e-5", "distill.student.layers=2", "distill.sources=['train', 'titles']", "seed=1"]
     with pytest.raises(UserError, match="seed"):
         load_profile("cpu", overrides=overrides)  # no such field: one-line error naming it
-    profile = load_profile("cpu", overrides=overrides[:3] + ["towers.mine_depth=12", "towers.pooling=cls"])
+    profile = load_profile("cpu", overrides=[*overrides[:3], "towers.mine_depth=12", "towers.pooling=cls"])
     assert profile.towers.lr == 5e-5 and profile.distill.student.layers == 2
     assert profile.distill.sources == ["train", "titles"] and profile.towers.mine_depth == 12
     assert profile.towers.pooling == "cls" and profile.towers.seed == 0
@@ -61,7 +61,7 @@ def test_profile_file_from_the_cli_with_set(tmp_path: Path) -> None:
 TINY_PROFILE = """
 name = "tiny"
 description = "tiny models on the tiny BEIR set"
-baseline = "{model}"
+baselines = ["{model}"]
 extra_students = []
 
 [towers]
@@ -71,6 +71,15 @@ batch_size = 4
 negatives = 1
 lr = 1e-3
 doc_max_length = 32
+
+[extra_teachers.frozen]
+backbone = "{model}"
+doc_tower = "frozen"
+doc_max_length = 64
+steps = 2
+batch_size = 4
+negatives = 0
+lr = 1e-3
 
 [distill]
 sources = ["train", "titles", "sentences"]
@@ -100,16 +109,25 @@ def test_pipeline_runs_a_profile_file_and_reruns_only_what_an_override_changes(
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [(r["role"], r["stage"], r["variant"]) for r in rows[:5]] == [
         ("bm25", "bm25", "-"),
-        ("baseline", "baseline", "fp32"),
+        ("baseline", f"baseline-{tiny_model.name}", "fp32"),
         ("teacher", "teacher", "torch"),
         ("teacher", "teacher-bundle", "fp32"),
         ("student", "student", "torch"),
     ]
+    ladder = [(r["teacher"], r["stage"]) for r in rows if r["teacher"] == "teacher-frozen" and r["variant"] == "torch"]
+    assert ladder == [("teacher-frozen", "teacher-frozen"), ("teacher-frozen", "student-frozen")]
+    assert (out / "report-ladder.png").stat().st_size > 0 and "## Teacher ladder" in (out / "report.md").read_text()
+    # the frozen doc tower is the backbone: its index and the off-the-shelf baseline are one cached build
+    frozen_index = (out / "teacher-frozen-index" / "index.faiss").stat().st_ino
+    assert frozen_index == (out / f"baseline-{tiny_model.name}-index" / "index.faiss").stat().st_ino
     assert {r["layers"] for r in rows if r["role"] == "student"} == {1}
+    assert [r["stage"] for r in rows if r["served"]] == ["bundle"]
+    report = (out / "report.md").read_text()
+    assert "**On this data**, the served student" in report and f"{tiny_model.name} off the shelf" in report
 
     second = run_cli(*args, "--set", "distill.steps=4")
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("teacher", "teacher-index", "teacher-bundle", "baseline-index"):
+    for stage in ("teacher", "teacher-index", "teacher-bundle", "teacher-frozen", f"baseline-{tiny_model.name}"):
         assert f"[{stage}] up to date" in second.stdout
     for stage in ("student", "bundle"):
         assert f"[{stage}] running" in second.stdout

@@ -85,7 +85,9 @@ def test_the_core_imports_no_other_package() -> None:
         others = {m for m in imported_modules(path) if layer_of(m) not in (None, "core")}
         assert not others, f"{path.name} imports {others}"
         third_party = {m.split(".")[0] for m in imported_modules(path)} - set(sys.stdlib_module_names)
-        assert third_party <= {"scalingnote", "numpy", "pydantic"}, f"{path.name}: {third_party} is not a core dependency"
+        assert third_party <= {"scalingnote", "numpy", "pydantic"}, (
+            f"{path.name}: {third_party} is not a core dependency"
+        )
 
 
 def test_no_function_is_longer_than_the_limit() -> None:

@@ -16,6 +16,7 @@ from scalingnote.beir import load_dataset
 from scalingnote.errors import UserError
 from scalingnote.modeling.dual import DualTower
 from scalingnote.modeling.losses import InfoNCE
+from scalingnote.modeling.tower import Tower
 from scalingnote.specs import doc_space, query_space, resolve
 from scalingnote.training.data import Batches, doc_key, mine_negatives, qrels_examples, title_examples
 from scalingnote.training.loop import LoopConfig, train_loop
@@ -155,3 +156,29 @@ def test_saved_llm_towers_stay_llms(tmp_path: Path) -> None:
     again = DualTower.load(tmp_path / "dual")
     for tower in (again.query, again.doc):
         assert tower.is_llm and tower.resolve_dtype("auto") == torch.float32 and tower.meta.append_eos
+
+
+def test_a_frozen_doc_tower_keeps_the_backbone_space_and_shares_its_cached_index(
+    tiny_model: Path, tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scalingnote.index.build import cached_index
+
+    monkeypatch.setenv("SCALINGNOTE_INDEX_CACHE_DIR", str(tmp_path / "cache" / "indexes"))
+    cfg = tiny_tower_config(tiny_model, doc_tower="frozen", steps=4, bucket=2, negatives=0)
+    out = train_towers(cfg, tiny_beir, tmp_path / "teacher", work=tmp_path / "work", progress=False)
+    space = doc_space(resolve(out))
+    assert space.sha256 == doc_space(resolve(str(tiny_model))).sha256, "the doc tower is the backbone, byte for byte"
+    assert query_space(resolve(out)) == space
+    trained = Tower.from_pretrained(out / "query").backbone.state_dict()
+    original = Tower.from_pretrained(tiny_model).backbone.state_dict()
+    assert any(not torch.equal(trained[k], original[k]) for k in original), "the query tower must have trained"
+    cached = list((tmp_path / "cache" / "indexes").iterdir())
+    assert len(cached) == 1
+    # the teacher's index and the backbone's off-the-shelf index are the one cached build
+    teacher_index = cached_index(tiny_beir, str(out), tmp_path / "ti", cfg.doc_max_length)
+    baseline = cached_index(tiny_beir, str(tiny_model), tmp_path / "bi", cfg.doc_max_length)
+    assert list((tmp_path / "cache" / "indexes").iterdir()) == cached
+    assert teacher_index.space == space and baseline.space.sha256 == space.sha256
+    assert (tmp_path / "ti" / "index.faiss").stat().st_ino == (cached[0] / "index.faiss").stat().st_ino
+    with pytest.raises(UserError, match="frozen doc tower"):
+        train_towers(cfg.model_copy(update={"doc_prefix": "passage: "}), tiny_beir, tmp_path / "x", work=tmp_path / "w")

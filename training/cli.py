@@ -172,9 +172,6 @@ def pipeline_command(
     profile_file: ProfileFile = None,
     overrides: Overrides = None,
     dataset: DatasetOpt = None,
-    baseline_index: Annotated[
-        Path | None, typer.Option(help="Reuse an existing index of the profile's off-the-shelf baseline encoder.")
-    ] = None,
     max_steps: MaxSteps = None,
     max_queries: MaxQueries = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -183,7 +180,7 @@ def pipeline_command(
     from scalingnote.training.pipeline import run_pipeline
 
     prof = _profile(profile, profile_file, overrides, max_steps, max_queries)
-    report = run_pipeline(prof, out, dataset=dataset, baseline_index=baseline_index, progress=progress, log=typer.echo)
+    report = run_pipeline(prof, out, dataset=dataset, progress=progress, log=typer.echo)
     typer.echo(f"report -> {report}")
 
 

@@ -147,3 +147,34 @@ class Batches:
             doc_keys=torch.tensor([doc_key(e.positive) for e in chosen] + [doc_key(d) for d in negatives]),
             positive_keys=positive_keys,
         )
+
+
+@dataclass
+class CorpusPairs:
+    """(query, positive) pairs against a fixed corpus of doc vectors: each query's positive row, and the keys
+    that mask its other known positives out of the full-corpus softmax."""
+
+    queries: list[str]
+    target: torch.Tensor
+    positive_keys: torch.Tensor
+    doc_keys: torch.Tensor
+
+    @classmethod
+    def build(cls, examples: Sequence[Example], ids: Sequence[str]) -> CorpusPairs:
+        row = {d: i for i, d in enumerate(ids)}
+        kept = [e for e in examples if e.positive in row]
+        width = max((len(e.relevant) for e in kept), default=1)
+        positive_keys = torch.full((len(kept), width), -1, dtype=torch.long)
+        for i, e in enumerate(kept):
+            positive_keys[i, : len(e.relevant)] = torch.tensor([doc_key(d) for d in sorted(e.relevant)])
+        target = torch.tensor([row[e.positive] for e in kept], dtype=torch.long)
+        return cls([e.query for e in kept], target, positive_keys, torch.tensor([doc_key(d) for d in ids]))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def loss(self, tower, docs: torch.Tensor, rows: np.ndarray, loss_fn) -> torch.Tensor:
+        """InfoNCE of the queries at ``rows``, embedded by ``tower``, over every doc vector."""
+        idx = torch.from_numpy(np.asarray(rows))
+        q = tower(**tower.batch([self.queries[i] for i in idx]))
+        return loss_fn(q, docs, self.target[idx], self.doc_keys, self.positive_keys[idx])

@@ -29,38 +29,52 @@ from scalingnote.modeling.student import build_student, fit_projection, pooled_f
 from scalingnote.modeling.tower import Tower, default_encoder_config, freeze_input_embeddings
 from scalingnote.paths import data_root
 from scalingnote.specs import EncoderRef, query_space, resolve
-from scalingnote.training.loop import LoopConfig, epoch_batch, fingerprint, publish_trained, train_loop
-
-SENTENCES_PER_DOC = 3
-
+from scalingnote.training.loop import (
+    LoopConfig,
+    bucketed_batch,
+    epoch_batch,
+    fingerprint,
+    publish_trained,
+    train_loop,
+)
 
 TEACHER = "teacher"  # a student backbone name: the first layers of the teacher's own query tower
 
 
 class StudentConfig(BaseModel):
-    """The student's shape: which backbone, how many of its layers, how long its queries may be."""
+    """The student's shape: which backbone, which of its layers (a count: the first N; or their numbers,
+    e.g. ``[0, 2, 4, 5]``), how long its queries may be."""
 
     model_config = ConfigDict(extra="forbid")
 
     backbone: str = "minilm-l6"
-    layers: int = 3
+    layers: int | list[int] = 3
     max_length: int = 64
     freeze_embeddings: bool = True
+
+    @property
+    def depth(self) -> int:
+        """How many transformer layers the student has."""
+        return self.layers if isinstance(self.layers, int) else len(self.layers)
 
 
 class DistillConfig(BaseModel):
     """Stage-2 hyper-parameters. ``sources``: ``train`` (the dataset's train queries), ``titles`` (corpus
     titles), ``sentences`` (claim-length sentences of the abstracts: in-domain query-like text) or a queries
-    file (relative to the data root). The dataset's test queries are always excluded."""
+    file (relative to the data root). The dataset's test queries are always excluded. ``bucket``: batches of
+    similar length, re-cut from runs of that many batches (0: plain shuffled batches). ``sentences_per_doc``:
+    claim-like sentences taken from each abstract (0: all)."""
 
     model_config = ConfigDict(extra="forbid")
 
     student: StudentConfig = StudentConfig()
     sources: list[str] = ["train", "titles", "msmarco-passage-dev-small/queries.tsv"]
+    sentences_per_doc: int = 3
     max_queries: int = 0
     heldout: int = 256
     steps: int = 600
     batch_size: int = 64
+    bucket: int = 0
     lr: float = 1e-4
     warmup: float = 0.05
     mse_weight: float = 1.0
@@ -91,7 +105,8 @@ def distillation_queries(cfg: DistillConfig, dataset: Path) -> list[str]:
         elif source == "titles":
             texts += [d.title for d in ds.corpus.values() if d.title.strip()]
         elif source == "sentences":
-            texts += [s for d in ds.corpus.values() for s in claim_like(d.text)[:SENTENCES_PER_DOC]]
+            per_doc = cfg.sentences_per_doc or None  # 0: every claim-like sentence
+            texts += [s for d in ds.corpus.values() for s in claim_like(d.text)[:per_doc]]
         else:
             path = Path(source) if Path(source).is_absolute() else data_root() / source
             texts += load_queries(path).values()
@@ -162,8 +177,13 @@ def distill_step(
         docs_t = torch.from_numpy(docs)
         topk = torch.from_numpy(top_docs(targets.numpy(), docs, cfg.kl_topk))
 
+    lengths = np.array([len(e.ids) for e in student.tokenize(train)])
+
     def step_fn(step: int) -> dict[str, float]:
-        idx = epoch_batch(cfg.seed, step, len(train), cfg.batch_size)
+        if cfg.bucket:
+            idx = bucketed_batch(cfg.seed, step, lengths, cfg.batch_size, cfg.bucket)
+        else:
+            idx = epoch_batch(cfg.seed, step, len(train), cfg.batch_size)
         vecs = student(**student.batch([train[i] for i in idx]))
         embed = embed_loss(vecs, targets[idx])
         metrics = {"embed_loss": embed.item()}

@@ -54,6 +54,22 @@ def epoch_batch(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
     return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
+def bucketed_batch(seed: int, step: int, lengths: np.ndarray, batch_size: int, pool: int) -> np.ndarray:
+    """Like :func:`epoch_batch`, but each run of ``pool`` batches of the epoch's permutation is re-cut into
+    batches of similar ``lengths`` (served in a seeded order), so a batch pads to little more than its texts.
+
+    Every row still comes once per epoch; step ``s`` still maps to the same rows on every run."""
+    n = len(lengths)
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    chunk, within = divmod(pos, pool)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    rows = perm[chunk * pool * batch_size : min((chunk + 1) * pool, per_epoch) * batch_size]
+    rows = rows[np.argsort(lengths[rows], kind="stable")]
+    which = np.random.default_rng([seed, epoch, chunk]).permutation(len(rows) // batch_size)[within]
+    return rows[which * batch_size : (which + 1) * batch_size]
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     """Join the process group ``torchrun`` describes (NCCL on GPUs, else gloo); ``(rank, world, device)``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

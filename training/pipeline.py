@@ -8,10 +8,11 @@ Output layout under ``--out`` (each directory published atomically):
 * ``student/``          distilled query tower (its ``space`` is ``teacher/doc``'s)
 * ``bundle/``           ONNX export of ``student/`` (fp32 + int8 when it passes its gate): what ``serve`` loads
 * ``student-l<N>/``, ``bundle-l<N>/``  the same for each extra student size (``extra_students``)
+* ``teacher-<name>/``, ``teacher-<name>-index/``, ``student-<name>[-l<N>]/`` … for each of ``extra_teachers``
 * ``end2end/``, ``end2end-index/``  the student's architecture trained as an ordinary dual tower on the
   teacher's pairs, and the index its own doc tower built (profiles with ``end2end``)
 * ``finetune/``         the student trained on labels against the frozen teacher index (profiles with ``finetune``)
-* ``baseline-index/``   index of the off-the-shelf encoder (profiles with ``baseline``)
+* ``baseline-<encoder>-index/``  each off-the-shelf encoder's index (shared across runs through the cache)
 * ``doc2query.jsonl``   generated pseudo-queries (profiles with ``doc2query``)
 * ``report.md``, ``report.json``, ``report.png``, ``curves/`` and ``.work/`` (checkpoints, caches, stamps)
 """
@@ -36,7 +37,10 @@ from scalingnote.training.stages import Stage, StageLog, run_stages
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each artifact of a run lives under its output root (each directory is named after its stage)."""
+    """Where each artifact of a run lives under its output root (each directory is named after its stage).
+
+    A teacher stage is ``teacher`` or ``teacher-<name>``; its index and bundle add ``-index`` / ``-bundle``.
+    """
 
     root: Path
 
@@ -46,18 +50,23 @@ class Layout:
 
     @property
     def teacher_index(self) -> Path:
-        return self.root / "teacher-index"
+        return self.index_dir("teacher")
 
-    @property
-    def teacher_bundle(self) -> Path:
-        return self.root / "teacher-bundle"
+    def index_dir(self, teacher: str) -> Path:
+        return self.root / f"{teacher}-index"
+
+    def teacher_bundle(self, teacher: str = "teacher") -> Path:
+        return self.root / f"{teacher}-bundle"
 
     def student_dir(self, name: str) -> Path:
         return self.root / name
 
     def bundle_dir(self, student: str) -> Path:
-        """``student`` → ``bundle``, ``student-l2`` → ``bundle-l2``."""
+        """``student`` → ``bundle``, ``student-l2`` → ``bundle-l2``, ``student-mpnet`` → ``bundle-mpnet``."""
         return self.root / student.replace("student", "bundle", 1)
+
+    def baseline_index(self, encoder: str) -> Path:
+        return self.root / f"baseline-{Path(encoder).name}-index"
 
     @property
     def end2end(self) -> Path:
@@ -70,10 +79,6 @@ class Layout:
     @property
     def finetune(self) -> Path:
         return self.root / "finetune"
-
-    @property
-    def baseline_index(self) -> Path:
-        return self.root / "baseline-index"
 
     @property
     def doc2query(self) -> Path:
@@ -150,13 +155,18 @@ class Run:
         cmd += ["--pseudo-queries", str(self.lay.doc2query)] if self.profile.doc2query is not None else []
         subprocess.run(cmd, check=True)
 
-    def index(self, encoder: str, out: Path) -> Callable[[], object]:
-        from scalingnote.index.build import build_index
+    def index(
+        self, encoder: str, out: Path, cached: bool = False, max_length: int | None = None
+    ) -> Callable[[], object]:
+        """Build ``encoder``'s index at ``out``; ``cached``: through the shared index cache (for doc towers that other
+        runs or stages have too: off-the-shelf baselines, frozen doc towers)."""
+        from scalingnote.index.build import build_index, cached_index
 
-        batch = self.profile.index_batch_size
-        return lambda: build_index(self.dataset, encoder, out, batch_size=batch, progress=self.progress)
+        build = cached_index if cached else build_index
+        batch, progress = self.profile.index_batch_size, self.progress
+        return lambda: build(self.dataset, encoder, out, max_length=max_length, batch_size=batch, progress=progress)
 
-    def export(self, model: Path, bundle: Path, int8: bool) -> Callable[[], object]:
+    def export(self, model: Path, bundle: Path, int8: bool, index: Path) -> Callable[[], object]:
         from scalingnote.training.export import export_bundle
 
         def run() -> object:
@@ -165,7 +175,7 @@ class Run:
             return export_bundle(
                 str(model),
                 bundle,
-                index_dir=self.lay.teacher_index,
+                index_dir=index,
                 queries=heldout,
                 calibration=calibration,
                 int8=int8,
@@ -176,17 +186,17 @@ class Run:
 
         return run
 
-    def student(self, name: str, cfg) -> Callable[[], object]:
+    def student(self, name: str, cfg, teacher: str) -> Callable[[], object]:
         from scalingnote.training.distill import distill
 
         lay = self.lay
         return lambda: distill(
             cfg,
-            str(lay.teacher),
+            str(lay.root / teacher),
             self.dataset,
             lay.student_dir(name),
             work=lay.work / name,
-            index=lay.teacher_index,
+            index=lay.index_dir(teacher),
             cache_dir=lay.work / "teacher-queries",
             progress=self.progress,
             log=self.log,
@@ -207,33 +217,33 @@ class Run:
         )
 
 
-def teacher_stages(run: Run) -> list[Stage]:
-    """Stage 1, the teacher's index and its fp32 bundle (the latency reference)."""
-    p, lay = run.profile, run.lay
-    d2q = ("doc2query",) if p.doc2query is not None else ()
-    train = run.towers(p.towers, lay.teacher, distributed=True)
-    bundle = run.export(lay.teacher, lay.teacher_bundle, int8=False)
+def teacher_stages(run: Run, teacher: str, cfg) -> list[Stage]:
+    """Stage 1 of one teacher, its index and its fp32 bundle (the latency reference)."""
+    lay, out, index = run.lay, run.lay.root / teacher, run.lay.index_dir(teacher)
+    d2q = ("doc2query",) if run.profile.doc2query is not None else ()
+    train = run.towers(cfg, out, distributed=True)
+    bundle = lay.teacher_bundle(teacher)
     return [
-        Stage("teacher", lay.teacher, [p.towers.model_dump(), run.data_key], train, d2q),
-        Stage(
-            "teacher-index", lay.teacher_index, "index", run.index(str(lay.teacher), lay.teacher_index), ("teacher",)
-        ),
-        Stage("teacher-bundle", lay.teacher_bundle, "teacher-bundle", bundle, ("teacher-index",)),
+        Stage(teacher, out, [cfg.model_dump(), run.data_key], train, d2q),
+        Stage(index.name, index, "index", run.index(str(out), index, cached=cfg.doc_tower == "frozen"), (teacher,)),
+        Stage(bundle.name, bundle, "teacher-bundle", run.export(out, bundle, False, index), (index.name,)),
     ]
 
 
-def student_stages(run: Run, name: str, cfg) -> list[Stage]:
-    """One student tier: its distillation from the teacher's query tower, then its gated ONNX bundle."""
-    lay, export = run.lay, run.profile.export
-    student, bundle = lay.student_dir(name), lay.bundle_dir(name)
-    return [
-        Stage(name, student, cfg.model_dump(), run.student(name, cfg), ("teacher-index",)),
-        Stage(bundle.name, bundle, export.model_dump(), run.export(student, bundle, export.int8), (name,)),
-    ]
+def student_stages(run: Run, teacher: str) -> list[Stage]:
+    """Every student tier of one teacher: its distillation, then its gated ONNX bundle."""
+    lay, export, index = run.lay, run.profile.export, run.lay.index_dir(teacher)
+    stages = []
+    for name, cfg in run.profile.students(teacher):
+        student, bundle = lay.student_dir(name), lay.bundle_dir(name)
+        stages.append(Stage(name, student, cfg.model_dump(), run.student(name, cfg, teacher), (index.name,)))
+        export_fn = run.export(student, bundle, export.int8, index)
+        stages.append(Stage(bundle.name, bundle, export.model_dump(), export_fn, (name,)))
+    return stages
 
 
-def baseline_stages(run: Run, baseline_index: Path | None) -> list[Stage]:
-    """The comparisons: end-to-end small dual tower, label fine-tuned student, off-the-shelf index."""
+def baseline_stages(run: Run) -> list[Stage]:
+    """The comparisons: end-to-end small dual tower, label fine-tuned student, off-the-shelf indexes."""
     p, lay, stages = run.profile, run.lay, []
     if p.end2end is not None:
         d2q = ("doc2query",) if p.doc2query is not None else ()
@@ -243,22 +253,25 @@ def baseline_stages(run: Run, baseline_index: Path | None) -> list[Stage]:
         stages.append(Stage("end2end-index", lay.end2end_index, "index", index, ("end2end",)))
     if p.finetune is not None:
         stages.append(Stage("finetune", lay.finetune, p.finetune.model_dump(), run.finetune, ("teacher-index",)))
-    if p.baseline is not None and baseline_index is None:
-        index = run.index(p.baseline, lay.baseline_index)
-        stages.append(Stage("baseline-index", lay.baseline_index, [p.baseline, run.data_key], index))
+    for encoder in p.baseline_encoders():
+        out = lay.baseline_index(encoder)
+        key = [encoder, p.baseline_max_length, run.data_key]
+        index = run.index(encoder, out, cached=True, max_length=p.baseline_max_length)
+        stages.append(Stage(out.name.removesuffix("-index"), out, key, index))
     return stages
 
 
-def plan(run: Run, baseline_index: Path | None) -> list[Stage]:
+def plan(run: Run) -> list[Stage]:
     """Every stage of ``run.profile``, in order."""
     p = run.profile
     stages = []
     if p.doc2query is not None:
         stages.append(Stage("doc2query", run.lay.doc2query, [p.doc2query.model_dump(), run.data_key], run.doc2query))
-    stages += teacher_stages(run)
-    for name, cfg in p.students():
-        stages += student_stages(run, name, cfg)
-    return stages + baseline_stages(run, baseline_index)
+    for teacher, cfg in p.teachers():
+        stages += teacher_stages(run, teacher, cfg)
+    for teacher, _ in p.teachers():
+        stages += student_stages(run, teacher)
+    return stages + baseline_stages(run)
 
 
 def run_pipeline(
@@ -266,7 +279,6 @@ def run_pipeline(
     out: Path,
     *,
     dataset: Path | None = None,
-    baseline_index: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -277,18 +289,17 @@ def run_pipeline(
     lay = Layout(Path(out).resolve())
     lay.root.mkdir(parents=True, exist_ok=True)
     run = Run(profile, lay, resolve_dataset(profile, dataset).resolve(), progress, log)
-    done: StageLog = run_stages(plan(run, baseline_index), lay.work, log)
-    collect_curves(lay)
-    baseline = baseline_index or (lay.baseline_index if profile.baseline is not None else None)
-    return write_report(run, done, baseline, t_start, load_start)
+    done: StageLog = run_stages(plan(run), lay.work, log)
+    collect_curves(lay, profile)
+    return write_report(run, done, t_start, load_start)
 
 
-def collect_curves(lay: Layout) -> None:
+def collect_curves(lay: Layout, profile: Profile) -> None:
     """Copy each trained artifact's curves into ``curves/<stage>.{jsonl,png}``."""
     lay.curves.mkdir(exist_ok=True)
-    named = [("teacher", lay.teacher), ("end2end", lay.end2end), ("finetune", lay.finetune)]
-    named += [(p.name, p) for p in sorted(lay.root.glob("student*"))]
-    for name, src in named:
+    names = [t for t, _ in profile.teachers()] + [s for t, _ in profile.teachers() for s, _ in profile.students(t)]
+    for name in [*names, "end2end", "finetune"]:
+        src = lay.root / name
         for suffix in ("jsonl", "png"):
             if (src / f"curves.{suffix}").is_file():
                 shutil.copyfile(src / f"curves.{suffix}", lay.curves / f"{name}.{suffix}")

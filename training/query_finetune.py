@@ -19,7 +19,7 @@ from scalingnote.errors import UserError
 from scalingnote.index.store import LoadedIndex
 from scalingnote.modeling.losses import InfoNCE
 from scalingnote.modeling.student import fit_projection, pooled_features
-from scalingnote.training.data import doc_key, qrels_examples, title_examples
+from scalingnote.training.data import CorpusPairs, qrels_examples, title_examples
 from scalingnote.training.distill import StudentConfig, new_student
 from scalingnote.training.loop import LoopConfig, epoch_batch, fingerprint, publish_trained, train_loop
 
@@ -49,32 +49,20 @@ def train_query_finetune(
     manifest, ids = loaded.manifest, loaded.ids
     ds = load_dataset(dataset, (cfg.split,))
     doc_vecs = torch.from_numpy(loaded.vectors())
-    row = {d: i for i, d in enumerate(ids)}
     examples = qrels_examples(ds, cfg.split) + (title_examples(ds.corpus) if cfg.title_pairs else [])
-    examples = [e for e in examples if e.positive in row]
-    if len(examples) < cfg.batch_size:
-        raise UserError(f"only {len(examples)} training pairs match documents of {index}")
-    queries = [e.query for e in examples]
-    target = torch.tensor([row[e.positive] for e in examples])
-    width = max(len(e.relevant) for e in examples)
-    positive_keys = torch.full((len(examples), width), -1, dtype=torch.long)
-    for i, e in enumerate(examples):
-        positive_keys[i, : len(e.relevant)] = torch.tensor([doc_key(d) for d in sorted(e.relevant)])
-    doc_keys = torch.tensor([doc_key(d) for d in ids])
-    key = fingerprint("query-finetune", cfg.model_dump(), manifest.space.model_dump(), manifest.version, len(examples))
+    pairs = CorpusPairs.build(examples, ids)
+    if len(pairs) < cfg.batch_size:
+        raise UserError(f"only {len(pairs)} training pairs match documents of {index}")
+    key = fingerprint("query-finetune", cfg.model_dump(), manifest.space.model_dump(), manifest.version, len(pairs))
     student = new_student(cfg.student, ident=f"finetune-{key[:8]}", dim=manifest.space.dim)
-    n = min(len(examples), 4096)
-    peak = fit_projection(student, pooled_features(student, queries[:n]), doc_vecs[target[:n]].numpy(), cfg.ridge)
-    log(
-        f"query fine-tune baseline: {len(examples)} pairs against {len(ids)} frozen doc vectors"
-        f" (init max |w| {peak:.3f})"
-    )
+    n = min(len(pairs), 4096)
+    features = pooled_features(student, pairs.queries[:n])
+    peak = fit_projection(student, features, doc_vecs[pairs.target[:n]].numpy(), cfg.ridge)
+    log(f"query fine-tune baseline: {len(pairs)} pairs against {len(ids)} frozen doc vectors (init max |w| {peak:.3f})")
     loss_fn = InfoNCE(cfg.temperature, gather=False)
 
     def step_fn(step: int) -> dict[str, float]:
-        idx = torch.from_numpy(epoch_batch(cfg.seed, step, len(examples), cfg.batch_size))
-        q = student(**student.batch([queries[i] for i in idx]))
-        loss = loss_fn(q, doc_vecs, target[idx], doc_keys, positive_keys[idx])
+        loss = pairs.loss(student, doc_vecs, epoch_batch(cfg.seed, step, len(pairs), cfg.batch_size), loss_fn)
         loss.backward()
         return {"loss": loss.item()}
 
@@ -85,5 +73,5 @@ def train_query_finetune(
     )
     tmp = staging_dir(out)
     student.save(tmp, role="query", space=manifest.space, teacher=manifest.space.id)
-    info = {"config": cfg.model_dump(), "pairs": len(examples), "train_seconds": seconds}
+    info = {"config": cfg.model_dump(), "pairs": len(pairs), "train_seconds": seconds}
     return publish_trained(tmp, out, work, info)

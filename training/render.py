@@ -6,12 +6,9 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from scalingnote.training.report import Row
 
 from scalingnote.artifacts import now_iso, read_bundle_manifest
+from scalingnote.training.rows import Row, fastest, find
 
 
 def cpu_model() -> str:
@@ -28,11 +25,15 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def render(run, rows: list[Row], targets, done, wall_s: float, load, n_queries: int, search: dict) -> str:
+def render(
+    run, rows: list[Row], targets, done, wall_s: float, load, n_queries: int, search: dict, fits: dict | None = None
+) -> str:
     """The whole report: header, results table, targets, stage times, details and artifact paths."""
     sections = [
         header(run, done, wall_s, load, n_queries),
         results(rows, run.profile.latency_threads, search),
+        verdict(rows),
+        ladder_table(rows, fits or {}),
         targets_table(targets),
         stages_table(done),
         details(run),
@@ -65,8 +66,9 @@ def results(rows: list[Row], threads: int, search: dict) -> list[str]:
         lat = f"{r.latency['p50_ms']:.1f} / {r.latency['p99_ms']:.1f}" if r.latency else "-"
         params = f"{r.params / 1e6:.1f} M" if r.params else "-"
         m = r.metrics
+        name = f"**{r.system}** (served)" if r.served else r.system
         lines.append(
-            f"| {r.system} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} | {lat} | {params} | "
+            f"| {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} | {lat} | {params} | "
             f"{r.engine or '-'} |"
         )
     return [
@@ -79,6 +81,43 @@ def results(rows: list[Row], threads: int, search: dict) -> list[str]:
         " its students).",
         "",
     ]
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """One plain paragraph: where the served student stands against what a user could run instead."""
+    served = next((r for r in rows if r.served), None)
+    others = [r for r in rows if r.role in ("bm25", "baseline")]
+    if served is None or not others:
+        return []
+    above = [f"{r.system} ({r.ndcg:.4f})" for r in others if served.ndcg > r.ndcg]
+    below = [f"{r.system} ({r.ndcg:.4f})" for r in others if served.ndcg <= r.ndcg]
+    text = f"**On this data**, the served student (`{served.stage}`, {served.engine}) scores {served.ndcg:.4f} nDCG@10"
+    text += f": it beats {', '.join(above)}" if above else ""
+    text += f"{' but' if above else ': it'} **falls below {', '.join(below)}**" if below else ""
+    return [text + ".", ""]
+
+
+def ladder_table(rows: list[Row], fits: dict) -> list[str]:
+    """With several teachers: each teacher and its students, side by side (nDCG@10, retention, latency)."""
+    teachers = sorted(find(rows, "teacher", onnx=False), key=lambda r: r.params or 0)
+    if len(teachers) < 2:
+        return []
+    sizes = sorted({r.layers for r in find(rows, "student") if r.layers}, reverse=True)
+    head = "| teacher | params | teacher nDCG@10 | " + " | ".join(
+        f"{n}-layer student: nDCG@10, kept, p50 ms" for n in sizes
+    )
+    lines = ["## Teacher ladder", "", head + " |", "|---|---|---|" + "---|" * len(sizes)]
+    for t in teachers:
+        cells = []
+        for n in sizes:
+            s = find(rows, "student", onnx=False, layers=n, teacher=t.teacher)
+            fast = fastest(find(rows, "student", onnx=True, layers=n, teacher=t.teacher))
+            lat = f"{fast.latency['p50_ms']:.1f} ({fast.engine})" if fast else "-"
+            cells.append(f"{s[0].ndcg:.4f}, {s[0].ndcg / t.ndcg:.1%}, {lat}" if s else "-")
+        lines.append(f"| {t.backbone} | {(t.params or 0) / 1e6:.1f} M | {t.ndcg:.4f} | " + " | ".join(cells) + " |")
+    laws = [f"{name}: 1 − nDCG@10 = {a:.3f} · N^−{b:.3f} (N in M params)" for name, (a, b) in fits.items()]
+    lines += ["", "Power-law fits over the teacher sizes: " + "; ".join(laws) + "."] if laws else []
+    return [*lines, "", "![student nDCG@10 against teacher size](report-ladder.png)", ""]
 
 
 def targets_table(targets) -> list[str]:
@@ -100,21 +139,22 @@ def stages_table(done) -> list[str]:
 def details(run) -> list[str]:
     lay = run.lay
     lines = ["## Details", ""]
-    teacher = read_json(lay.teacher / "train.json")
-    if teacher:
-        cfg = teacher["config"]
-        lines.append(
-            f"- teacher: `{cfg['backbone']}` {'shared' if cfg['shared'] else 'separate'} towers, {cfg['steps']} steps"
-            f" × batch {cfg['batch_size']} ({cfg['negatives']} hard negative(s)/query), {teacher['examples']}"
-            f" training pairs, {teacher['train_seconds'] / 60:.1f} min of training"
-        )
-    for name, _ in run.profile.students():
-        lines += student_details(name, lay.student_dir(name), lay.bundle_dir(name))
+    for name, _ in run.profile.teachers():
+        teacher = read_json(lay.root / name / "train.json")
+        if teacher:
+            cfg = teacher["config"]
+            lines.append(
+                f"- `{name}`: `{cfg['backbone']}` {'shared' if cfg['shared'] else 'separate'} towers, {cfg['steps']}"
+                f" steps × batch {cfg['batch_size']} ({cfg['negatives']} hard negative(s)/query), {teacher['examples']}"
+                f" training pairs, {teacher['train_seconds'] / 60:.1f} min of training"
+            )
+        for student, _ in run.profile.students(name):
+            lines += student_details(student, lay.student_dir(student), lay.bundle_dir(student))
     e2e = read_json(lay.end2end / "train.json")
     if e2e:
         cfg = e2e["config"]
         lines.append(
-            f"- end-to-end: first {cfg['layers']} layers of `{cfg['backbone']}` as separate query/doc towers, the"
+            f"- end-to-end: layers {cfg['layers']} of `{cfg['backbone']}` as separate query/doc towers, the"
             f" teacher's recipe ({cfg['steps']} steps × batch {cfg['batch_size']}, same pairs),"
             f" {e2e['train_seconds'] / 60:.1f} min of training; queries its own doc tower's index"
         )
@@ -127,7 +167,7 @@ def student_details(name: str, student_dir: Path, bundle_dir: Path) -> list[str]
     if student:
         cfg, held = student["config"], student["heldout"]
         lines.append(
-            f"- `{name}`: first {cfg['student']['layers']} layers of `{cfg['student']['backbone']}` + projection,"
+            f"- `{name}`: layers {cfg['student']['layers']} of `{cfg['student']['backbone']}` + projection,"
             f" {cfg['steps']} steps × {cfg['batch_size']} on {student['queries']} queries; held-out agreement"
             f" with the teacher: cosine {held['heldout_cos']:.3f}, top-10 overlap"
             f" {held.get('heldout_top10_overlap', 0):.3f}"

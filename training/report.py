@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -19,71 +18,51 @@ from scalingnote.artifacts import now_iso, read_bundle_manifest
 from scalingnote.beir import load_dataset
 from scalingnote.evaluation.metrics import evaluate
 from scalingnote.training.render import render
-
-Role = Literal["bm25", "baseline", "teacher", "student", "end2end", "finetune"]
-
-
-@dataclass
-class Row:
-    """One measured system. ``stage`` names the pipeline artifact; ``variant`` is ``torch`` or a bundle variant."""
-
-    role: Role
-    stage: str
-    encoder: str
-    index: str
-    variant: str = "torch"
-    layers: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, float] | None = None
-    params: int | None = None
-    engine: str = ""
-    system: str = ""
-
-    @property
-    def onnx(self) -> bool:
-        return self.variant != "torch"
+from scalingnote.training.rows import Row, fastest, find, label
 
 
-def label(row: Row, baseline: str | None) -> str:
-    """The human name of a row, from its typed fields."""
-    onnx = f", ONNX {row.variant}" if row.onnx else " (torch)"
-    size = f"{row.layers}-layer " if row.layers else ""
-    if row.role == "bm25":
-        return "BM25"
-    if row.role == "baseline":
-        return f"{baseline} off the shelf"
-    if row.role == "teacher":
-        return "teacher query tower, ONNX fp32" if row.onnx else "teacher: stage-1 query tower (torch)"
-    if row.role == "student":
-        return f"distilled {size}student{onnx}"
-    if row.role == "end2end":
-        return f"end-to-end {size}dual tower{onnx}"
-    return f"student fine-tuned on labels, teacher index{onnx}"
+def _depth(layers: int | list[int] | None) -> int | None:
+    return layers if layers is None or isinstance(layers, int) else len(layers)
 
 
-def systems(run, baseline_index: Path | None) -> list[Row]:
-    """Every dense system the run produced, unmeasured, in report order."""
-    p, lay = run.profile, run.lay
-    teacher_index = str(lay.teacher_index)
-    rows = []
-    if p.baseline is not None and baseline_index is not None:
-        rows.append(Row("baseline", "baseline", p.baseline, str(baseline_index), "fp32"))
-    rows.append(Row("teacher", "teacher", str(lay.teacher), teacher_index))
-    if lay.teacher_bundle.is_dir():
-        rows.append(Row("teacher", "teacher-bundle", str(lay.teacher_bundle), teacher_index, "fp32"))
-    for name, cfg in p.students():
-        layers, bundle = cfg.student.layers, lay.bundle_dir(name)
-        rows.append(Row("student", name, str(lay.student_dir(name)), teacher_index, layers=layers))
-        for variant in read_bundle_manifest(bundle).variants:
-            rows.append(Row("student", bundle.name, str(bundle), teacher_index, variant, layers))
-    if p.end2end is not None and lay.end2end.is_dir():
-        rows.append(Row("end2end", "end2end", str(lay.end2end), str(lay.end2end_index), layers=p.end2end.layers))
-    if p.finetune is not None and lay.finetune.is_dir():
-        rows.append(Row("finetune", "finetune", str(lay.finetune), teacher_index, layers=p.finetune.student.layers))
+def teacher_rows(run, teacher: str, cfg) -> list[Row]:
+    """A teacher's torch and ONNX rows, then its students' (torch, then each kept bundle variant)."""
+    from scalingnote.runtime.bundle import pick_variant
+
+    lay, index = run.lay, str(run.lay.index_dir(teacher))
+    common = {"teacher": teacher, "backbone": cfg.backbone}
+    rows = [Row("teacher", teacher, str(lay.root / teacher), index, **common)]
+    if lay.teacher_bundle(teacher).is_dir():
+        rows.append(Row("teacher", f"{teacher}-bundle", str(lay.teacher_bundle(teacher)), index, "fp32", **common))
+    for name, dcfg in run.profile.students(teacher):
+        depth, bundle = dcfg.student.depth, lay.bundle_dir(name)
+        rows.append(Row("student", name, str(lay.student_dir(name)), index, layers=depth, **common))
+        manifest = read_bundle_manifest(bundle)
+        served = pick_variant(manifest, "auto") if name == "student" else None
+        for variant in manifest.variants:
+            row = Row("student", bundle.name, str(bundle), index, variant, depth, served=variant == served, **common)
+            rows.append(row)
     return rows
 
 
-def measure(run, baseline_index: Path | None) -> list[Row]:
+def systems(run) -> list[Row]:
+    """Every dense system the run produced, unmeasured, in report order."""
+    p, lay = run.profile, run.lay
+    rows = [Row("baseline", f"baseline-{Path(e).name}", e, str(lay.baseline_index(e)), "fp32", backbone=e)
+            for e in p.baseline_encoders()]  # fmt: skip
+    for teacher, cfg in p.teachers():
+        rows += teacher_rows(run, teacher, cfg)
+    if p.end2end is not None and lay.end2end.is_dir():
+        e2e = Row("end2end", "end2end", str(lay.end2end), str(lay.end2end_index), layers=_depth(p.end2end.layers))
+        rows.append(e2e)
+    if p.finetune is not None and lay.finetune.is_dir():
+        rows.append(
+            Row("finetune", "finetune", str(lay.finetune), str(lay.teacher_index), layers=p.finetune.student.depth)
+        )
+    return rows
+
+
+def measure(run) -> list[Row]:
     """nDCG@10, Recall@100 and MRR@10 on the test split, and batch-1 encode latency, of every system."""
     from scalingnote.evaluation.bm25 import bm25_run
     from scalingnote.evaluation.dense import dense_run
@@ -93,18 +72,19 @@ def measure(run, baseline_index: Path | None) -> list[Row]:
     queries, qrels = ds.split_queries("test"), ds.qrels["test"]
     bm25 = Row("bm25", "bm25", "bm25s (Lucene k1=0.9 b=0.4)", "-", "-")
     bm25.metrics = evaluate(qrels, bm25_run(ds.corpus, queries))
-    rows = systems(run, baseline_index)
+    rows = systems(run)
+    ladder = len(run.profile.teachers()) > 1
     for row in rows:
         variant = "fp32" if row.variant == "torch" else row.variant
         row.metrics = evaluate(qrels, dense_run(Path(row.index), row.encoder, queries, variant=variant)[0])
-        run.log(f"[report] {label(row, run.profile.baseline)}: nDCG@10 {row.metrics['ndcg@10']:.4f}")
+        run.log(f"[report] {label(row, ladder)}: nDCG@10 {row.metrics['ndcg@10']:.4f}")
     for row in rows:
         enc = load_timed(row.encoder, "fp32" if row.variant == "torch" else row.variant, run.profile.latency_threads)
         row.latency = time_queries(enc.encode, list(queries.values()), batch_size=1)
         row.params, row.engine = enc.params, enc.engine
     rows = [bm25, *rows]
     for row in rows:
-        row.system = label(row, run.profile.baseline)
+        row.system = label(row, ladder)
     return rows
 
 
@@ -121,45 +101,82 @@ def search_latency(index: Path, threads: int) -> dict[str, float]:
     return time_queries(lambda rows: rows[0], [v[None] for v in vecs], search=lambda v: loaded.search(v, 100))
 
 
-def find(rows: list[Row], role: Role, onnx: bool | None = None, layers: int | None = None) -> list[Row]:
-    """The rows of one role (and backend, and size, when given), in report order."""
+Target = tuple[str, bool | None, str]
+
+
+def teacher_targets(rows: list[Row], teacher: Row, goals) -> list[Target]:
+    """One teacher: does training beat its backbone off the shelf; do its students keep its quality, cheaply."""
+    out: list[Target] = []
+    t, name = teacher.ndcg, teacher.system.split(":")[0]
+    for base in (r for r in find(rows, "baseline") if r.encoder == teacher.backbone):
+        out.append((f"{name} > {base.system}", t > base.ndcg, f"{t:.4f} vs {base.ndcg:.4f}"))
+    t_onnx = fastest(find(rows, "teacher", onnx=True, teacher=teacher.teacher))
+    e2e = find(rows, "end2end") if teacher.teacher == "teacher" else []
+    for size in sorted({r.layers for r in find(rows, "student", teacher=teacher.teacher) if r.layers}, reverse=True):
+        student = find(rows, "student", onnx=False, layers=size, teacher=teacher.teacher)[0]
+        s, goal = student.ndcg, goals.retention.get(size)
+        what = f"{student.system.removesuffix(' (torch)')} ≥ {goal:.0%} of its teacher" if goal else ""
+        out.append(
+            (what or f"{student.system} retention", None if goal is None else s >= goal * t, f"{s:.4f} = {s / t:.1%}")
+        )
+        if e2e and e2e[0].layers == size:
+            e = e2e[0].ndcg
+            out.append((f"distilled {size}-layer student > {size}-layer end to end", s > e, f"{s:.4f} vs {e:.4f}"))
+        best = fastest(find(rows, "student", onnx=True, layers=size, teacher=teacher.teacher))
+        if t_onnx is not None and best is not None:
+            ratio = best.latency["p50_ms"] / t_onnx.latency["p50_ms"]
+            limit = f"{goals.latency_ratio:.0%}"
+            who = student.system.removesuffix(" (torch)").removeprefix("distilled ")
+            what = f"{who}: latency ≤ {limit} of its teacher's (ONNX, batch 1, p50; {best.engine})"
+            figure = f"{best.latency['p50_ms']:.1f} / {t_onnx.latency['p50_ms']:.1f} ms = {ratio:.0%}"
+            out.append((what, ratio <= goals.latency_ratio, figure))
+    return out
+
+
+def served_targets(rows: list[Row]) -> list[Target]:
+    """What a user asks first: does the student the service loads beat BM25 and the backbones off the shelf?"""
+    served = next((r for r in rows if r.served), None)
+    if served is None:
+        return []
     return [
-        r
-        for r in rows
-        if r.role == role and (onnx is None or r.onnx == onnx) and (layers is None or r.layers == layers)
+        (
+            f"served student ({served.engine}) > {other.system}",
+            served.ndcg > other.ndcg,
+            f"{served.ndcg:.4f} vs {other.ndcg:.4f}",
+        )
+        for other in find(rows, "bm25") + find(rows, "baseline")
     ]
 
 
-def targets(rows: list[Row]) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets, per student size: (target, met or None when not measurable here, figures)."""
-    teacher, t_onnx = find(rows, "teacher", onnx=False), find(rows, "teacher", onnx=True)
-    if not teacher:
+def ladder_targets(rows: list[Row]) -> list[Target]:
+    """With several teachers: the student of the biggest one beats the smallest one's, at the same latency."""
+    teachers = sorted(find(rows, "teacher", onnx=False), key=lambda r: r.params or 0)
+    if len(teachers) < 2:
         return []
-    t = teacher[0].metrics["ndcg@10"]
-    out: list[tuple[str, bool | None, str]] = [("teacher nDCG@10 ≥ 0.68", t >= 0.68, f"{t:.4f}")]
-    e2e = find(rows, "end2end")
-    sizes = sorted({r.layers for r in find(rows, "student") if r.layers}, reverse=True)
-    for size in sizes:
-        s = find(rows, "student", onnx=False, layers=size)[0].metrics["ndcg@10"]
-        out.append((f"distilled {size}-layer student ≥ 97% of the teacher", s >= 0.97 * t, f"{s:.4f} = {s / t:.1%}"))
-        if e2e and e2e[0].layers == size:
-            e = e2e[0].metrics["ndcg@10"]
-            out.append((f"distilled {size}-layer student > {size}-layer end to end", s > e, f"{s:.4f} vs {e:.4f}"))
-        onnx = [r for r in find(rows, "student", onnx=True, layers=size) if r.latency]
-        if t_onnx and t_onnx[0].latency and onnx:
-            best = min(onnx, key=lambda r: r.latency["p50_ms"])
-            ratio = best.latency["p50_ms"] / t_onnx[0].latency["p50_ms"]
-            what = f"{size}-layer student latency ≤ 40% of the teacher's (ONNX, batch 1, p50; {best.engine})"
-            out.append(
-                (
-                    what,
-                    ratio <= 0.40,
-                    f"{best.latency['p50_ms']:.1f} / {t_onnx[0].latency['p50_ms']:.1f} ms = {ratio:.0%}",
-                )
-            )
-    if not e2e:
-        out.append(("distilled student > the same student end to end", None, "no end-to-end run in this profile"))
+    out: list[Target] = []
+    small, big = teachers[0], teachers[-1]
+    for size in sorted({r.layers for r in find(rows, "student") if r.layers}, reverse=True):
+        a = find(rows, "student", onnx=False, layers=size, teacher=small.teacher)
+        b = find(rows, "student", onnx=False, layers=size, teacher=big.teacher)
+        la = fastest(find(rows, "student", onnx=True, layers=size, teacher=small.teacher))
+        lb = fastest(find(rows, "student", onnx=True, layers=size, teacher=big.teacher))
+        if not (a and b and la and lb):
+            continue
+        ratio = lb.latency["p50_ms"] / la.latency["p50_ms"]
+        what = f"{size}-layer student of {big.backbone} > of {small.backbone}, same latency (±10%)"
+        figure = f"{b[0].ndcg:.4f} vs {a[0].ndcg:.4f}; latency {ratio:.2f}×"
+        out.append((what, b[0].ndcg > a[0].ndcg and abs(ratio - 1) <= 0.10, figure))
     return out
+
+
+def targets(rows: list[Row], goals) -> list[Target]:
+    """Every check of the report, judged against systems measured in the same run on the same data."""
+    out: list[Target] = []
+    for teacher in find(rows, "teacher", onnx=False):
+        out += teacher_targets(rows, teacher, goals)
+    if not find(rows, "end2end"):
+        out.append(("distilled student > the same student end to end", None, "no end-to-end run in this profile"))
+    return out + ladder_targets(rows) + served_targets(rows)
 
 
 def chart(rows: list[Row], path: Path, title: str) -> None:
@@ -190,25 +207,85 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(run, done, baseline_index: Path | None, t_start: float, load_start: float) -> Path:
+def power_law(params: list[float], ndcg: list[float]) -> tuple[float, float]:
+    """Least-squares fit of ``1 − nDCG = a · N^(−b)`` over teacher sizes ``N``: returns ``(a, b)``."""
+    slope, intercept = np.polyfit(np.log(params), np.log(1 - np.asarray(ndcg)), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def ladder_chart(rows: list[Row], path: Path, title: str) -> dict[str, tuple[float, float]]:
+    """nDCG@10 of each teacher and of each student tier against teacher size, student latency marked; with three
+    or more teachers, the fitted power laws too (returned per series)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teachers = sorted(find(rows, "teacher", onnx=False), key=lambda r: r.params or 0)
+    sizes = [t.params / 1e6 for t in teachers]
+    series = {"teacher": [t.ndcg for t in teachers]}
+    for n in sorted({r.layers for r in find(rows, "student") if r.layers}, reverse=True):
+        series[f"{n}-layer student"] = [
+            find(rows, "student", onnx=False, layers=n, teacher=t.teacher)[0].ndcg for t in teachers
+        ]
+    fits: dict[str, tuple[float, float]] = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, values in series.items():
+        ax.plot(sizes, values, marker="o", label=name)
+        if len(teachers) >= 3:
+            a, b = fits[name] = power_law(sizes, values)
+            grid = np.geomspace(min(sizes), max(sizes), 50)
+            ax.plot(grid, 1 - a * grid ** (-b), linestyle=":", color=ax.lines[-1].get_color())
+        if name != "teacher":
+            layers = int(name.split("-")[0])
+            for t, x, y in zip(teachers, sizes, values, strict=True):
+                fast = fastest(find(rows, "student", onnx=True, layers=layers, teacher=t.teacher))
+                if fast is not None:
+                    ax.annotate(
+                        f"{fast.latency['p50_ms']:.1f} ms",
+                        (x, y),
+                        fontsize=7,
+                        xytext=(4, -10),
+                        textcoords="offset points",
+                    )
+    for base in find(rows, "bm25"):
+        ax.axhline(base.ndcg, linestyle="--", color="grey", label="BM25")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher query-tower params, M (log scale); labels: student latency p50, batch 1")
+    ax.set_ylabel("nDCG@10 (test)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fits
+
+
+def write_report(run, done, t_start: float, load_start: float) -> Path:
     """Measure every system, then write ``report.md``, ``report.json`` and ``report.png``; returns report.md."""
     t0 = time.monotonic()
-    rows = measure(run, baseline_index)
+    rows = measure(run)
+    checks = targets(rows, run.profile.targets)
     search = search_latency(run.lay.teacher_index, run.profile.latency_threads)
     done.seconds["report"] = time.monotonic() - t0
     wall = time.monotonic() - t_start
     n_queries = len(load_dataset(run.dataset, ("test",)).qrels["test"])
     load = (load_start, os.getloadavg()[0])
     root = run.lay.root
-    text = render(run, rows, targets(rows), done, wall, load, n_queries, search)
     chart(rows, root / "report.png", f"ScalingNote `{run.profile.name}` profile, {run.dataset.name} test")
+    fits = {}
+    if len(run.profile.teachers()) > 1:
+        title = f"Teacher ladder, `{run.profile.name}`, {run.dataset.name}"
+        fits = ladder_chart(rows, root / "report-ladder.png", title)
+    text = render(run, rows, checks, done, wall, load, n_queries, search, fits)
     (root / "report.md").write_text(text, encoding="utf-8")
     payload = {
         "profile": run.profile.model_dump(),
         "dataset": str(run.dataset),
         "rows": [asdict(r) for r in rows],
-        "targets": [{"target": t, "met": m, "measured": f} for t, m, f in targets(rows)],
+        "targets": [{"target": t, "met": m, "measured": f} for t, m, f in checks],
         "search_latency": search,
+        "power_law_fits": {k: {"a": a, "b": b} for k, (a, b) in fits.items()},
         "stage_seconds": done.seconds,
         "skipped": done.skipped,
         "wall_seconds": wall,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
@@ -17,28 +18,43 @@ from pydantic import BaseModel, ConfigDict
 from scalingnote.artifacts import EncoderConfig, Pooling, staging_dir
 from scalingnote.beir import BeirDataset, load_dataset
 from scalingnote.errors import UserError
+from scalingnote.index.store import LoadedIndex
 from scalingnote.modeling.dual import DualTower
 from scalingnote.modeling.losses import InfoNCE, world
 from scalingnote.modeling.tower import default_encoder_config
 from scalingnote.specs import resolve
 from scalingnote.training.data import (
     Batches,
+    CorpusPairs,
     Example,
     mine_negatives,
     pseudo_query_examples,
     qrels_examples,
     title_examples,
 )
-from scalingnote.training.loop import LoopConfig, fingerprint, publish_trained, setup_distributed, train_loop
+from scalingnote.training.loop import (
+    LoopConfig,
+    bucketed_batch,
+    epoch_batch,
+    fingerprint,
+    publish_trained,
+    setup_distributed,
+    train_loop,
+)
 
 
 class TowerConfig(BaseModel):
-    """Stage-1 hyper-parameters (see ``profiles.py`` for the tuned sets)."""
+    """Stage-1 hyper-parameters (the built-in profiles hold the tuned sets).
+
+    ``doc_tower = "frozen"`` trains the query tower alone against the backbone's own doc vectors of the whole
+    corpus (full-corpus softmax): for backbones whose doc-tower step is too dear for the hardware. The doc
+    tower then stays the backbone, byte for byte, and so does its index (shared through the index cache).
+    ``bucket``: batches of similar query length (runs of that many batches re-cut; frozen doc tower only)."""
 
     model_config = ConfigDict(extra="forbid")
 
     backbone: str = "minilm-l6"
-    layers: int | None = None
+    layers: int | list[int] | None = None
     shared: bool = False
     pooling: Pooling | None = None
     query_max_length: int = 64
@@ -57,6 +73,9 @@ class TowerConfig(BaseModel):
     temperature: float = 0.05
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    doc_tower: Literal["train", "frozen"] = "train"
+    bucket: int = 0
     lora_rank: int = 0
     lora_alpha: int = 16
     gradient_checkpointing: bool = False
@@ -95,6 +114,8 @@ def build_dual(cfg: TowerConfig, ident: str) -> DualTower:
     )
     if cfg.freeze_embeddings:
         dual.freeze_input_embeddings()
+    if cfg.freeze_layers:
+        dual.freeze_bottom(cfg.freeze_layers)
     if cfg.gradient_checkpointing:
         dual.enable_gradient_checkpointing()
     if cfg.lora_rank:
@@ -126,6 +147,66 @@ def towers_step(
     return step_fn
 
 
+def train_query_side(
+    cfg: TowerConfig,
+    dataset: Path,
+    out: Path,
+    *,
+    work: Path,
+    pseudo=None,
+    progress: bool = True,
+    resume=True,
+    log=print,
+) -> Path:
+    """Stage 1 with a frozen doc tower (``cfg.doc_tower == "frozen"``): InfoNCE of the query tower over every
+    doc vector of the backbone's own index (built once, or found in the index cache)."""
+    from scalingnote.index.build import cached_index
+
+    if cfg.doc_prefix or cfg.layers is not None or cfg.shared or cfg.pooling is not None:
+        raise UserError("a frozen doc tower is the backbone itself: no doc_prefix, pooling, layers or shared tower")
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(dataset, (cfg.split,))
+    examples = training_examples(cfg.model_copy(update={"negatives": 0}), ds, pseudo)
+    doc_index = LoadedIndex.load(
+        cached_index(dataset, cfg.backbone, work / "doc-index", cfg.doc_max_length) and work / "doc-index"
+    )
+    pairs = CorpusPairs.build(examples, doc_index.ids)
+    docs = torch.from_numpy(doc_index.vectors())
+    key = fingerprint("towers-query-side", cfg.model_dump(), str(Path(dataset).resolve()), len(pairs))
+    dual = build_dual(cfg, ident=f"{Path(cfg.backbone).name}-dual-{key[:8]}")
+    dual.doc.requires_grad_(False)
+    lengths = np.array([len(e.ids) for e in dual.query.tokenize(pairs.queries)])
+    loss_fn = InfoNCE(cfg.temperature, gather=False)
+    log(
+        f"stage 1 (query side, frozen doc tower): {len(pairs)} pairs against {len(docs)} doc vectors, {cfg.steps} steps"
+    )
+
+    def step_fn(step: int) -> dict[str, float]:
+        if cfg.bucket:
+            rows = bucketed_batch(cfg.seed, step, lengths, cfg.batch_size, cfg.bucket)
+        else:
+            rows = epoch_batch(cfg.seed, step, len(pairs), cfg.batch_size)
+        loss = pairs.loss(dual.query, docs, rows, loss_fn)
+        loss.backward()
+        return {"loss": loss.item()}
+
+    loop = LoopConfig(cfg.steps, cfg.lr, cfg.warmup, checkpoint_every_s=cfg.checkpoint_every_s, resume=resume)
+    seconds = train_loop(
+        dual,
+        step_fn,
+        loop,
+        work=work,
+        key=key,
+        curve=work / "curves.jsonl",
+        desc="stage 1 query tower",
+        progress=progress,
+    )
+    tmp = staging_dir(out)
+    space = dual.save(tmp, frozen_doc=resolve(cfg.backbone).path)
+    info = {"config": cfg.model_dump(), "examples": len(pairs), "world_size": 1, "train_seconds": seconds}
+    return publish_trained(tmp, out, work, info | {"space": space.model_dump()})
+
+
 def train_towers(
     cfg: TowerConfig,
     dataset: Path,
@@ -138,6 +219,8 @@ def train_towers(
     log=print,
 ) -> Path:
     """Train a dual tower from ``cfg.backbone`` and publish it at ``out`` (resumes from ``work`` unless told not)."""
+    if cfg.doc_tower == "frozen":
+        return train_query_side(cfg, dataset, out, work=work, pseudo=pseudo, progress=progress, resume=resume, log=log)
     rank, size, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     if cfg.batch_size % (size * cfg.accumulation):

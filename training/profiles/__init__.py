@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scalingnote.errors import UserError, validation_message
-from scalingnote.training.distill import DistillConfig, StudentConfig
+from scalingnote.training.distill import TEACHER, DistillConfig, StudentConfig
 from scalingnote.training.doc2query import Doc2QueryConfig
 from scalingnote.training.query_finetune import FinetuneConfig
 from scalingnote.training.towers import TowerConfig
@@ -30,7 +30,29 @@ class ExportConfig(BaseModel):
     min_overlap: float = 0.95
 
 
+class Tier(BaseModel):
+    """An extra student size: which backbone layers it keeps, and optionally its own number of steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: int | list[int]
+    steps: int | None = None
+
+
+class Targets(BaseModel):
+    """What the report checks a run against (besides the baselines measured on the same data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retention: dict[int, float] = {4: 0.97, 2: 0.95}  # student layers -> least share of its teacher's nDCG@10
+    latency_ratio: float = 0.40  # student ONNX p50 over its teacher's ONNX p50 (batch 1), at most
+
+
 class Profile(BaseModel):
+    """A whole run. ``towers`` trains the primary teacher (``teacher/``); ``extra_teachers`` (name → recipe)
+    train more (``teacher-<name>/``), each distilled into the same student tiers. ``baselines`` are
+    encoders measured off the shelf on the same data (default: every teacher's and student's backbone)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -38,23 +60,30 @@ class Profile(BaseModel):
     dataset: str = "scifact"
     doc2query: Doc2QueryConfig | None = None
     towers: TowerConfig
+    extra_teachers: dict[str, TowerConfig] = {}
     nproc: int = 1
     index_batch_size: int = 64
     distill: DistillConfig
-    extra_students: list[int] = []
+    extra_students: list[int | list[int] | Tier] = []
     end2end: TowerConfig | None = None
     finetune: FinetuneConfig | None = None
-    baseline: str | None = None
+    baselines: list[str] | None = None
+    baseline_max_length: int | None = None
     export: ExportConfig = ExportConfig()
+    targets: Targets = Targets()
     latency_threads: int = 1
 
     def capped(self, max_steps: int | None = None, max_queries: int | None = None) -> Profile:
         """A copy with every training stage cut to ``max_steps`` and distillation to ``max_queries`` (smoke runs)."""
         p = self.model_copy(deep=True)
         if max_steps is not None:
-            p.towers.steps = min(p.towers.steps, max_steps)
+            for towers in (p.towers, *p.extra_teachers.values()):
+                towers.steps = min(towers.steps, max_steps)
             p.distill.steps = min(p.distill.steps, max_steps)
             p.distill.eval_every = min(p.distill.eval_every, max_steps)
+            for tier in p.extra_students:
+                if isinstance(tier, Tier) and tier.steps:
+                    tier.steps = min(tier.steps, max_steps)
             for stage in (p.end2end, p.finetune):
                 if stage is not None:
                     stage.steps = min(stage.steps, max_steps)
@@ -63,16 +92,28 @@ class Profile(BaseModel):
             p.distill.heldout = min(p.distill.heldout, max_queries // 4)
         return p
 
-    def students(self) -> list[tuple[str, DistillConfig]]:
-        """``(name, config)`` of every distilled student: the primary ``student`` and ``student-l<N>`` extras."""
-        extra = [
-            (
-                f"student-l{n}",
-                self.distill.model_copy(update={"student": self.distill.student.model_copy(update={"layers": n})}),
-            )
-            for n in self.extra_students
-        ]
-        return [("student", self.distill), *extra]
+    def teachers(self) -> list[tuple[str, TowerConfig]]:
+        """``(name, recipe)`` of every teacher: ``teacher``, then ``teacher-<name>`` for each extra one."""
+        return [("teacher", self.towers), *((f"teacher-{k}", v) for k, v in self.extra_teachers.items())]
+
+    def students(self, teacher: str = "teacher") -> list[tuple[str, DistillConfig]]:
+        """``(name, config)`` of the students of ``teacher``: ``student`` and ``student-l<N>`` for the primary
+        teacher, ``student-<name>`` and ``student-<name>-l<N>`` for ``teacher-<name>``."""
+        base = "student" + teacher.removeprefix("teacher")
+        tiers = [(base, self.distill)]
+        for extra in self.extra_students:
+            tier = extra if isinstance(extra, Tier) else Tier(layers=extra)
+            student = self.distill.student.model_copy(update={"layers": tier.layers})
+            update = {"student": student} | ({"steps": tier.steps} if tier.steps else {})
+            tiers.append((f"{base}-l{student.depth}", self.distill.model_copy(update=update)))
+        return tiers
+
+    def baseline_encoders(self) -> list[str]:
+        """The off-the-shelf encoders the report compares with: ``baselines``, else every backbone in the run."""
+        if self.baselines is not None:
+            return list(self.baselines)
+        backbones = [cfg.backbone for _, cfg in self.teachers()] + [self.distill.student.backbone]
+        return list(dict.fromkeys(b for b in backbones if b != TEACHER))
 
 
 def small_dual(teacher: TowerConfig, student: StudentConfig) -> TowerConfig:
@@ -160,6 +201,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,124 @@
+"""Stage-2 ablation: the paper's loss against its parts and each extension, one teacher, one run.
+
+Every variant distils the same teacher's query tower (same queries, cached teacher embeddings, same seed) for the
+same number of steps, then scores SciFact test (the reported figure) and train (a dev figure: queries the teacher
+trained on, the student did not see as labels). Retention is student nDCG@10 over the teacher's, same split.
+
+    python bench/distill_ablation.py --teacher artifacts/cpu/teacher --index artifacts/cpu/teacher-index --readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from scalingnote.beir import load_dataset
+from scalingnote.evaluation.dense import dense_run
+from scalingnote.evaluation.metrics import evaluate
+from scalingnote.paths import data_root
+from scalingnote.training.distill import distill
+from scalingnote.training.profiles import load_profile
+from scalingnote.training.render import cpu_model
+
+HERE = Path(__file__).parent
+README_START, README_END = "<!-- distill_ablation:begin -->", "<!-- distill_ablation:end -->"
+SPREAD4, SPREAD2 = "distill.student.layers=[0,2,4,5]", "distill.student.layers=[0,5]"
+VARIANTS: list[tuple[str, list[str]]] = [
+    ("4 layers [0,2,4,5], MSE + cos (the paper's loss; the profiles' recipe)", []),
+    ("MSE only", ["distill.cos_weight=0"]),
+    ("cos only", ["distill.mse_weight=0"]),
+    ("+ ranking KL over the teacher's top 32 docs (kl_weight 1)", ["distill.kl_weight=1.0"]),
+    ("layers [0,2,4,5] of the teacher's own query tower", ["distill.student.backbone=teacher"]),
+    ("first 4 layers (the previous recipe's init)", ["distill.student.layers=4"]),
+    ("no length buckets (plain shuffled batches)", ["distill.bucket=0"]),
+    ("2 layers [0,5], MSE + cos", [SPREAD2]),
+    ("2 layers [0,5] + ranking KL", [SPREAD2, "distill.kl_weight=1.0"]),
+    ("first 2 layers (the previous recipe's init)", ["distill.student.layers=2"]),
+]
+
+
+def score(index: Path, model: str, ds, split: str) -> dict[str, float]:
+    run, _ = dense_run(index, model, ds.split_queries(split))
+    return evaluate(ds.qrels[split], run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", type=Path, required=True, help="A stage-1 teacher (dual-tower directory).")
+    ap.add_argument("--index", type=Path, required=True, help="The teacher's index.")
+    ap.add_argument("--profile", default="cpu", help="Profile whose [distill] recipe the variants start from.")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--work", type=Path, default=HERE.parent / ".cache" / "bench" / "distill_ablation")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "distill_ablation.json")
+    ap.add_argument("--readme", action="store_true", help="Rewrite this benchmark's table in bench/README.md.")
+    args = ap.parse_args()
+
+    dataset = data_root() / "scifact"
+    ds = load_dataset(dataset, ("test", "train"))
+    teacher = {split: score(args.index, str(args.teacher), ds, split)["ndcg@10"] for split in ("test", "train")}
+    rows, t0 = [], time.time()
+    for i, (name, overrides) in enumerate(VARIANTS):
+        base = [SPREAD4, f"distill.steps={args.steps}", f"distill.eval_every={args.steps}"]
+        cfg = load_profile(args.profile, overrides=base + overrides).distill
+        out, work = args.work / f"v{i}", args.work / f"w{i}"
+        started = time.time()
+        distill(cfg, str(args.teacher), dataset, out, work=work, index=args.index, cache_dir=args.work / "cache",
+                progress=False, log=print)  # fmt: skip
+        seconds = json.loads((out / "train.json").read_text())["train_seconds"]
+        test, dev = score(args.index, str(out), ds, "test"), score(args.index, str(out), ds, "train")
+        rows.append({
+            "variant": name, "overrides": overrides, "steps": args.steps, "train_s": round(seconds, 1),
+            "wall_s": round(time.time() - started, 1), "ndcg@10": test["ndcg@10"], "recall@100": test["recall@100"],
+            "retention": test["ndcg@10"] / teacher["test"], "dev_ndcg@10": dev["ndcg@10"],
+            "dev_retention": dev["ndcg@10"] / teacher["train"],
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {
+        "machine": f"{os.cpu_count()} CPU(s), {cpu_model()}",
+        "teacher": str(args.teacher),
+        "teacher_ndcg@10": teacher,
+        "seconds": round(time.time() - t0),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    if args.readme:
+        write_readme(rows, meta, args)
+
+
+def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None:
+    t = meta["teacher_ndcg@10"]
+    lines = [
+        README_START,
+        "## Distillation ablation (`bench/distill_ablation.py`)",
+        "",
+        f"`python bench/distill_ablation.py --teacher {args.teacher} --index {args.index} --readme`"
+        f" — {meta['machine']}, {meta['finished']}, {meta['seconds'] / 60:.0f} min. One teacher (SciFact test"
+        f" nDCG@10 {t['test']:.4f}, train {t['train']:.4f}), {rows[0]['steps']} steps each, the same queries and"
+        " seed. *dev*: SciFact train queries (no test query is ever used to train or to choose).",
+        "",
+        "| variant | test nDCG@10 | kept | Recall@100 | dev nDCG@10 | dev kept | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['variant']} | {r['ndcg@10']:.4f} | {r['retention']:.1%} | {r['recall@100']:.4f} | "
+        f"{r['dev_ndcg@10']:.4f} | {r['dev_retention']:.1%} | {r['train_s']:.0f} |"
+        for r in rows
+    ]
+    lines.append(README_END)
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    block = "\n".join(lines)
+    if README_START in text:
+        head, rest = text.split(README_START, 1)
+        text = head + block + rest.split(README_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
