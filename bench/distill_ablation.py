@@ -3,8 +3,10 @@
 Every variant distils the same teacher's query tower (same queries, cached teacher embeddings, same seed) for the
 same number of steps, then scores SciFact test (the reported figure) and train (a dev figure: queries the teacher
 trained on, the student did not see as labels). Retention is student nDCG@10 over the teacher's, same split.
+Variants start from the profile's ``[distill]`` recipe and change one thing each (… marks a change to the recipe).
 
-    python bench/distill_ablation.py --teacher artifacts/cpu/teacher --index artifacts/cpu/teacher-index --readme
+    python bench/distill_ablation.py --teacher artifacts/cpu/teacher --index artifacts/cpu/teacher-index \
+        --labels artifacts/cpu/.work/teacher-queries --readme
 """
 
 from __future__ import annotations
@@ -25,18 +27,18 @@ from scalingnote.training.render import cpu_model
 
 HERE = Path(__file__).parent
 README_START, README_END = "<!-- distill_ablation:begin -->", "<!-- distill_ablation:end -->"
-SPREAD4, SPREAD2 = "distill.student.layers=[0,2,4,5]", "distill.student.layers=[0,5]"
+PAPER = ["distill.kl_weight=0"]
 VARIANTS: list[tuple[str, list[str]]] = [
-    ("4 layers [0,2,4,5], MSE + cos (the paper's loss; the profiles' recipe)", []),
-    ("MSE only", ["distill.cos_weight=0"]),
-    ("cos only", ["distill.mse_weight=0"]),
-    ("+ ranking KL over the teacher's top 32 docs (kl_weight 1)", ["distill.kl_weight=1.0"]),
-    ("layers [0,2,4,5] of the teacher's own query tower", ["distill.student.backbone=teacher"]),
-    ("first 4 layers (the previous recipe's init)", ["distill.student.layers=4"]),
-    ("no length buckets (plain shuffled batches)", ["distill.bucket=0"]),
-    ("2 layers [0,5], MSE + cos", [SPREAD2]),
-    ("2 layers [0,5] + ranking KL", [SPREAD2, "distill.kl_weight=1.0"]),
-    ("first 2 layers (the previous recipe's init)", ["distill.student.layers=2"]),
+    ("MSE + cos (the paper's loss)", PAPER),
+    ("MSE only (LEAF's plain L2 on embeddings)", [*PAPER, "distill.cos_weight=0"]),
+    ("cos only", [*PAPER, "distill.mse_weight=0"]),
+    ("MSE + cos + ranking KL over the teacher's top 32 docs (the profile's recipe)", []),
+    (
+        "… student cut from MiniLM-L6 as released (not the teacher's query tower)",
+        ["distill.student.backbone=minilm-l6"],
+    ),
+    ("… first 4 layers (the previous recipe's layer map)", ["distill.student.layers=4"]),
+    ("… 3 sentences per doc (the previous text pool)", ["distill.sentences_per_doc=3"]),
 ]
 
 
@@ -50,8 +52,9 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, required=True, help="A stage-1 teacher (dual-tower directory).")
     ap.add_argument("--index", type=Path, required=True, help="The teacher's index.")
     ap.add_argument("--profile", default="cpu", help="Profile whose [distill] recipe the variants start from.")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=0, help="Steps per variant (0: the profile's).")
     ap.add_argument("--work", type=Path, default=HERE.parent / ".cache" / "bench" / "distill_ablation")
+    ap.add_argument("--labels", type=Path, help="Teacher-label cache to reuse (the pipeline's .work/teacher-queries).")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "distill_ablation.json")
     ap.add_argument("--readme", action="store_true", help="Rewrite this benchmark's table in bench/README.md.")
     args = ap.parse_args()
@@ -61,16 +64,17 @@ def main() -> None:
     teacher = {split: score(args.index, str(args.teacher), ds, split)["ndcg@10"] for split in ("test", "train")}
     rows, t0 = [], time.time()
     for i, (name, overrides) in enumerate(VARIANTS):
-        base = [SPREAD4, f"distill.steps={args.steps}", f"distill.eval_every={args.steps}"]
-        cfg = load_profile(args.profile, overrides=base + overrides).distill
+        cfg = load_profile(args.profile, overrides=overrides).distill
+        steps = args.steps or cfg.steps
+        cfg = cfg.model_copy(update={"steps": steps, "eval_every": steps})
         out, work = args.work / f"v{i}", args.work / f"w{i}"
         started = time.time()
-        distill(cfg, str(args.teacher), dataset, out, work=work, index=args.index, cache_dir=args.work / "cache",
-                progress=False, log=print)  # fmt: skip
+        distill(cfg, str(args.teacher), dataset, out, work=work, index=args.index,
+                progress=False, log=print, cache_dir=args.labels or args.work / "cache")  # fmt: skip
         seconds = json.loads((out / "train.json").read_text())["train_seconds"]
         test, dev = score(args.index, str(out), ds, "test"), score(args.index, str(out), ds, "train")
         rows.append({
-            "variant": name, "overrides": overrides, "steps": args.steps, "train_s": round(seconds, 1),
+            "variant": name, "overrides": overrides, "steps": steps, "train_s": round(seconds, 1),
             "wall_s": round(time.time() - started, 1), "ndcg@10": test["ndcg@10"], "recall@100": test["recall@100"],
             "retention": test["ndcg@10"] / teacher["test"], "dev_ndcg@10": dev["ndcg@10"],
             "dev_retention": dev["ndcg@10"] / teacher["train"],

@@ -54,6 +54,14 @@ def rebuild_command(
     shard_size: ShardSize = 1024,
     dtype: DtypeOpt = "auto",
     max_length: MaxLength = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SCALINGNOTE_BUNDLE",
+            help="The served bundle: refuse a doc tower of another space (default: the current version's).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Make the new version current even if its space differs.")] = False,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from scalingnote.index.versions import rebuild
@@ -63,6 +71,8 @@ def rebuild_command(
         dataset,
         doc_encoder,
         keep,
+        bundle,
+        force,
         factory=index_factory,
         batch_size=batch_size,
         shard_size=shard_size,
@@ -83,3 +93,14 @@ def publish_command(
 
     manifest = publish_version(index, root, keep)
     typer.echo(f"version {manifest.version}: {manifest.count} docs -> {root}/current")
+
+
+@app.command("rollback")
+def rollback_command(
+    root: Annotated[Path, typer.Option(help="Index root whose ROOT/current is repointed.")],
+    version: Annotated[str | None, typer.Option(help="Version id to make current (default: the previous one).")] = None,
+) -> None:
+    """Repoint ROOT/current at the previous version (or --version); the services follow on their next poll."""
+    from scalingnote.index.versions import rollback
+
+    typer.echo(f"current -> {rollback(root, version)} ({root})")

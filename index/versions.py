@@ -1,12 +1,15 @@
 """Versioned index roots: ``ROOT/versions/<id>/`` index dirs and a ``ROOT/current`` symlink (no torch).
 
-* A version's id is its manifest's ``version`` and the name of its directory.
+* A version's id is its manifest's ``version`` and the name of its directory. Hidden names (``.…``) are
+  never versions: staging dirs and versions being pruned live there.
 * ``current`` is a relative symlink, repointed atomically (new symlink, then ``os.replace``); readers either
-  see the old target or the new one.
-* Writers (rebuild, publish, rollback, prune) hold ``ROOT/.lock`` (``flock``, released by the kernel when a
-  writer is killed). A rebuild builds into ``ROOT/.next`` (resumable, see :mod:`index.build`), renames it
-  into ``versions/`` and only then repoints ``current``: a rebuild killed at any step leaves ``current`` as
-  it was.
+  see the old target or the new one. Every file is fsynced before the rename that publishes it.
+* Writers (publish, rollback, prune, a rebuild's adoption) hold ``ROOT/.lock`` (``flock``, released by the
+  kernel when a writer is killed) for seconds at most. A rebuild embeds into ``ROOT/.next`` (resumable, see
+  :mod:`index.build`) holding only ``ROOT/.build.lock`` (one rebuild at a time), then takes ``ROOT/.lock`` to
+  rename it into ``versions/`` and repoint ``current``: a rebuild killed at any step leaves ``current`` as it was.
+* A rebuild refuses to make current an index of another embedding space than the bundle's (or, without a
+  bundle, the current version's) unless forced: pods serving that bundle would refuse it.
 """
 
 from __future__ import annotations
@@ -14,18 +17,33 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
-from scalingnote.artifacts import IndexManifest, fsync_dir, read_index_manifest
-from scalingnote.errors import ArtifactError, UserError
+from scalingnote.artifacts import (
+    EmbeddingSpace,
+    IndexManifest,
+    check_space,
+    fsync_dir,
+    read_bundle_manifest,
+    read_index_manifest,
+)
+from scalingnote.errors import ArtifactError, SpaceMismatchError, UserError
 
 VERSIONS = "versions"
 CURRENT = "current"
 NEXT = ".next"
 LOCK = ".lock"
+BUILD_LOCK = ".build.lock"
+LOCK_POLL_S = 0.05
+
+
+class LockBusy(UserError):
+    """Another writer holds the root's lock and the caller would not wait longer."""
 
 
 def is_root(path: Path) -> bool:
@@ -73,17 +91,52 @@ def current_path(root: Path) -> Path:
     return version_path(root, version)
 
 
+def serving_order(root: Path) -> list[str]:
+    """Versions a server may start on, best first: ``current``, then the older ones, newest first."""
+    versions, cur = list_versions(root), current_version(root)
+    older = [v for v in versions if cur is None or v < cur][::-1]
+    return ([cur] if cur in versions else []) + older
+
+
 @contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Hold the root's writer lock (blocks while another rebuild/publish/rollback runs)."""
-    root = Path(root)
-    versions_dir(root).mkdir(parents=True, exist_ok=True)
-    with (root / LOCK).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def _flock(path: Path, timeout: float | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; wait forever (None) or at most ``timeout`` s (:class:`LockBusy`)."""
+    try:
+        fh = path.open("a")
+    except OSError as exc:
+        raise UserError(f"cannot take the lock {path} ({exc.strerror}): is the index root mounted read-only?") from None
+    with fh:
+        if timeout is None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        else:
+            _try_flock(fh, path, time.monotonic() + timeout)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_flock(fh: IO[str], path: Path, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockBusy(
+                    f"{path.parent} is busy: another writer (a rebuild publishing, publish, rollback) holds "
+                    f"{path.name}; try again in a few seconds"
+                ) from None
+            time.sleep(LOCK_POLL_S)
+
+
+@contextmanager
+def locked(root: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the root's writer lock (waits for it; at most ``timeout`` s when given, else :class:`LockBusy`)."""
+    root = Path(root)
+    versions_dir(root).mkdir(parents=True, exist_ok=True)
+    with _flock(root / LOCK, timeout):
+        yield
 
 
 def set_current(root: Path, version: str) -> None:
@@ -103,25 +156,61 @@ def previous_version(root: Path) -> str | None:
     return older[-1] if older else None
 
 
+def rollback(root: Path, version: str | None = None, timeout: float | None = None) -> str:
+    """Repoint ``current`` at ``version`` (default: the previous one) after checking its checksums."""
+    root = Path(root)
+    with locked(root, timeout):
+        target = version or previous_version(root)
+        if target is None:
+            raise UserError(f"{root}: no version older than the current one to roll back to")
+        read_index_manifest(version_path(root, target), verify=True)
+        set_current(root, target)
+    return target
+
+
 def prune(root: Path, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest versions, never ``current``; returns the deleted ids."""
+    """Delete all but the ``keep`` newest versions, never ``current``; returns the deleted ids.
+
+    Each is first renamed to a hidden name (no longer a version, so never a rollback target), then deleted:
+    a prune killed half-way leaves a hidden leftover that the next writer removes.
+    """
     if keep < 1:
         raise UserError("keep must be >= 1")
     versions, cur = list_versions(root), current_version(root)
     doomed = [v for v in versions[:-keep] if v != cur]
-    for version in doomed:
-        shutil.rmtree(versions_dir(root) / version)
+    hidden = [versions_dir(root) / f".{v}.tmp-{uuid.uuid4().hex[:8]}" for v in doomed]
+    for version, tmp in zip(doomed, hidden, strict=True):
+        os.rename(versions_dir(root) / version, tmp)
+    if doomed:
+        fsync_dir(versions_dir(root))
+    for tmp in hidden:
+        shutil.rmtree(tmp)
     return doomed
 
 
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def _clean_stale(root: Path) -> None:
-    """Remove staging leftovers of killed writers (never the resumable ``..next.partial`` work dir)."""
-    for parent in (Path(root), versions_dir(root)):
-        for p in parent.glob(".*.tmp-*"):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+    """Remove leftovers of killed writers: ``current`` and version staging, half-pruned versions (writer lock)."""
+    _remove([*Path(root).glob(f".{CURRENT}.tmp-*"), *versions_dir(root).glob(".*.tmp-*")])
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under ``path``, then the directories, so a rename of ``path`` publishes durable data."""
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def _adopt(root: Path, built: Path, manifest: IndexManifest, keep: int) -> None:
@@ -129,6 +218,7 @@ def _adopt(root: Path, built: Path, manifest: IndexManifest, keep: int) -> None:
     final = versions_dir(root) / manifest.version
     if final.exists():
         raise UserError(f"index version {manifest.version} already exists under {versions_dir(root)}")
+    _fsync_tree(built)
     os.rename(built, final)
     fsync_dir(versions_dir(root))
     set_current(root, manifest.version)
@@ -156,13 +246,51 @@ def publish_version(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest
     return manifest
 
 
-def rebuild(root: Path, dataset: Path, doc_encoder: str, keep: int = 3, **build_kwargs: object) -> IndexManifest:
-    """Build a new version with :func:`index.build.build_index` (torch) and make it current."""
+def _target_space(root: Path, bundle: Path | None) -> tuple[EmbeddingSpace, str] | None:
+    """The doc space the served bundle targets (``bundle``'s, else the current version's) and its name."""
+    if bundle is not None:
+        return read_bundle_manifest(bundle).space, f"bundle {bundle}"
+    if current_version(root) is None:
+        return None
+    return read_index_manifest(current_path(root)).space, f"the current version of {root}"
+
+
+def check_rebuild_space(root: Path, doc_encoder: str, bundle: Path | None = None) -> None:
+    """Refuse (before embedding) a doc tower whose space is not the one the served bundle targets."""
+    from scalingnote.specs import doc_space, resolve
+
+    target = _target_space(root, bundle)
+    if target is None:
+        return
+    try:
+        check_space(target[0], doc_space(resolve(doc_encoder)), what=target[1])
+    except SpaceMismatchError as exc:
+        raise SpaceMismatchError(f"refusing to make it current: {exc} (pass --force to publish it anyway)") from None
+
+
+def rebuild(
+    root: Path,
+    dataset: Path,
+    doc_encoder: str,
+    keep: int = 3,
+    bundle: Path | None = None,
+    force: bool = False,
+    **build_kwargs: object,
+) -> IndexManifest:
+    """Build a new version with :func:`index.build.build_index` (torch) and make it current.
+
+    Embedding runs under ``ROOT/.build.lock`` only; ``ROOT/.lock`` is held just to adopt the result.
+    """
     from scalingnote.index.build import build_index
 
     root = Path(root)
-    with locked(root):
-        _clean_stale(root)
+    versions_dir(root).mkdir(parents=True, exist_ok=True)
+    with _flock(root / BUILD_LOCK, None):
+        if not force:
+            check_rebuild_space(root, doc_encoder, bundle)
+        _remove(list(root.glob(f".{NEXT}.tmp-*")))  # staging of a killed rebuild (never ..next.partial)
         manifest = build_index(dataset, doc_encoder, root / NEXT, **build_kwargs)  # type: ignore[arg-type]
-        _adopt(root, root / NEXT, manifest, keep)
+        with locked(root):
+            _clean_stale(root)
+            _adopt(root, root / NEXT, manifest, keep)
     return manifest

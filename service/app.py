@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +31,8 @@ ROUTES = frozenset(
 )
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "body_too_large", 422: "invalid_request", 429: "overloaded",
-         503: "unavailable"}  # fmt: skip
+         499: "client_closed", 503: "unavailable"}  # fmt: skip
+PROTECTED = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def error(
@@ -42,12 +44,14 @@ def error(
 
 
 class ServiceMiddleware:
-    """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), request metrics by route/status."""
+    """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), the API key on ``PROTECTED`` paths
+    when ``api_key`` is given, and request metrics by route/status."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics, api_key: str | None = None) -> None:
         self.app = app
         self.limit = max_body_bytes
         self.metrics = metrics
+        self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,20 +68,28 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            length, chunked = _body_headers(scope)
-            if length is not None and length > self.limit:
-                await self._too_large(scope, receive, send_wrapper)
-            elif chunked:  # no declared length: read up to the limit, then hand the body on
-                body = await _read_at_most(receive, self.limit)
-                if body is None:
-                    await self._too_large(scope, receive, send_wrapper)
-                else:
-                    await self.app(scope, _replay(body), send_wrapper)
+            if self.api_key is not None and scope["path"] in PROTECTED and not _has_key(scope, self.api_key):
+                await error(
+                    status.HTTP_401_UNAUTHORIZED, "missing or wrong API key (X-API-Key or Authorization: Bearer)"
+                )(scope, receive, send_wrapper)
             else:
-                await self.app(scope, receive, send_wrapper)
+                await self._limited(scope, receive, send_wrapper)
         finally:
             self.metrics.requests.labels(route=route, status=str(code)).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length, chunked = _body_headers(scope)
+        if length is not None and length > self.limit:
+            await self._too_large(scope, receive, send)
+        elif chunked:  # no declared length: read up to the limit, then hand the body on
+            body = await _read_at_most(receive, self.limit)
+            if body is None:
+                await self._too_large(scope, receive, send)
+            else:
+                await self.app(scope, _replay(body, receive), send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error(status.HTTP_413_CONTENT_TOO_LARGE, f"request body larger than {self.limit} bytes")
@@ -111,17 +123,25 @@ async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _has_key(scope: Scope, key: str) -> bool:
+    """Whether the request carries ``key`` as ``X-API-Key`` or ``Authorization: Bearer`` (Prometheus)."""
+    headers = dict(scope["headers"])
+    given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+    return hmac.compare_digest(given, key.encode())
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The already-read ``body`` as one message, then the connection's own messages (its disconnect)."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 def _describe(err: dict) -> str:
@@ -139,6 +159,9 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == status.HTTP_400_BAD_REQUEST:  # FastAPI's "error parsing the body": not UTF-8, too deep
+        message = f"invalid request body: {exc.detail} (not UTF-8 JSON, nested too deep, or a number too long)"
+        return error(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
     return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
@@ -177,5 +200,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(ServiceMiddleware, max_body_bytes=state.settings.max_body_bytes, metrics=state.metrics)
+    settings = state.settings
+    key = settings.api_key.get_secret_value() if settings.protect_metrics_docs and settings.api_key else None
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=state.metrics, api_key=key)
     return app

@@ -1,9 +1,15 @@
 """Dynamic micro-batching: concurrent requests share one ONNX call and one FAISS search.
 
-Requests queue on the event loop; one worker task takes up to ``max_batch_size`` queries, waits at most
-``max_wait_us`` for more to arrive, and runs encode + search on a dedicated inference thread, so the
-event loop never blocks. While a batch runs, the next one forms. Above ``max_queue`` queued queries a
-request is refused at once (:class:`Overloaded`, answered 429 + Retry-After).
+Requests queue on the event loop; one worker task takes up to ``max_batch_size`` queries, waits at
+most ``max_wait_us`` for more to arrive, and runs encode + search on a dedicated inference thread, so the
+event loop never blocks. While a batch runs, the next one forms. A request is refused at once
+(:class:`Overloaded`, answered 429 + Retry-After) above ``max_queue`` queued queries, or when the queued
+queries times the measured per-query time (EWMA) exceed ``queue_budget_s``.
+
+Supervision: a worker task that dies is restarted (logged); :attr:`Batcher.stalled` says that work is
+waiting and no batch has finished for ``stall_after_s`` (a wedged inference call), for ``/readyz``.
+A batch that fails is rerun request by request, so one bad query fails only its own request. Jobs whose
+future is done (cancelled: timed out, client gone) are dropped before they are computed.
 """
 
 from __future__ import annotations
@@ -11,22 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
+
+import faiss
 
 from scalingnote.service.engine import BatchOutput, Engine
 from scalingnote.service.metrics import Metrics
+from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
 
+EWMA_ALPHA = 0.2
+RESTART_DELAY_S = 0.05
+T = TypeVar("T")
+
 
 class Overloaded(Exception):
-    """The queue is full; retry after ``retry_after`` seconds."""
+    """The queue is full or its expected wait is over budget; retry after ``retry_after`` seconds."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"server busy: more than the maximum number of queued queries; retry in {retry_after} s")
+    def __init__(self, retry_after: int, reason: str = "more than the maximum number of queued queries") -> None:
+        super().__init__(f"server busy: {reason}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -37,27 +53,81 @@ class _Job:
     future: asyncio.Future[BatchOutput]
 
 
-class Batcher:
-    """Queue + worker task; :meth:`submit` returns the job's slice of its batch's output."""
+def _init_inference_thread(faiss_threads: int) -> None:
+    """OpenMP settings are per thread: FAISS's thread count is set on the thread that searches."""
+    faiss.omp_set_num_threads(faiss_threads)
 
-    def __init__(self, engine: Engine, metrics: Metrics, max_batch_size: int, max_wait_us: int, max_queue: int):
+
+class Batcher:
+    """Queue + supervised worker task; :meth:`submit` returns the job's slice of its batch's output."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        max_batch_size: int,
+        max_wait_us: int,
+        max_queue: int,
+        queue_budget_s: float | None = None,
+        stall_after_s: float = 5.0,
+        faiss_threads: int = 1,
+    ):
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_us / 1e6
         self.max_queue = max_queue
+        self.queue_budget = queue_budget_s
+        self.stall_after = stall_after_s
         self._pending: deque[_Job] = deque()
         self._depth = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="scalingnote-infer")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="scalingnote-infer", initializer=_init_inference_thread, initargs=(faiss_threads,)
+        )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._batch: list[_Job] = []
+        self._running = False
+        self._progress_at = time.monotonic()
+        self._per_query: float | None = None
+
+    @classmethod
+    def from_settings(cls, engine: Engine, metrics: Metrics, settings: Settings) -> Batcher:
+        return cls(
+            engine,
+            metrics,
+            settings.max_batch_size,
+            settings.max_wait_us,
+            settings.max_queue,
+            settings.queue_budget_ms / 1000,
+            settings.stall_timeout_s,
+            settings.faiss_threads,
+        )
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scalingnote-batcher")
+        self._task.add_done_callback(self._on_worker_exit)
+
+    def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
+        """Restart a worker that died (not one that was stopped); fail the batch it was running."""
+        if self._stopping or task.cancelled():
+            return
+        log.error("batcher task died, restarting it", exc_info=task.exception())
+        for job in self._batch:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the batcher crashed while running this request"))
+        self._batch, self._running = [], False
+        asyncio.get_running_loop().call_later(RESTART_DELAY_S, self._restart)
+
+    def _restart(self) -> None:
+        if not self._stopping:
+            self.start()
 
     async def stop(self) -> None:
         """Cancel the worker, fail what is still queued, and join the inference thread."""
-        if self._task is not None:
+        self._stopping = True
+        if self._task is not None and not self._task.done():  # a dead one is already logged
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -71,17 +141,42 @@ class Batcher:
     def depth(self) -> int:
         return self._depth
 
-    async def submit(self, texts: list[str], k: int) -> BatchOutput:
-        """Queue ``texts`` and wait for their results (raises :class:`Overloaded` when the queue is full)."""
-        if self._depth + len(texts) > self.max_queue:
-            self.metrics.rejected.inc()
-            raise Overloaded(retry_after=1)
+    @property
+    def stalled(self) -> bool:
+        """Work is queued or running and no batch has finished for ``stall_after_s``."""
+        busy = self._depth > 0 or self._running
+        return busy and time.monotonic() - self._progress_at > self.stall_after
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the inference thread (warm-up, checks)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def enqueue(self, texts: list[str], k: int) -> asyncio.Future[BatchOutput]:
+        """Queue ``texts``; the future gets their results (cancel it to drop the job). Raises :class:`Overloaded`."""
+        self._admit(len(texts))
+        if self._depth == 0 and not self._running:
+            self._progress_at = time.monotonic()  # an idle worker's stall clock starts with this job
         job = _Job(texts, k, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._depth += len(texts)
         self.metrics.queue_depth.set(self._depth)
         self._wakeup.set()
-        return await job.future
+        return job.future
+
+    async def submit(self, texts: list[str], k: int) -> BatchOutput:
+        """Queue ``texts`` and wait for their results (raises :class:`Overloaded` when refused)."""
+        return await self.enqueue(texts, k)
+
+    def _admit(self, queries: int) -> None:
+        """Refuse over ``max_queue`` queued queries, or when their expected wait exceeds the budget."""
+        if self._depth + queries > self.max_queue:
+            self.metrics.rejected.inc()
+            raise Overloaded(retry_after=1)
+        wait = self._depth * (self._per_query or 0.0)
+        if self.queue_budget is not None and wait > self.queue_budget:
+            self.metrics.rejected.inc()
+            reason = f"expected queue wait {wait * 1000:.0f} ms is over the {self.queue_budget * 1000:.0f} ms budget"
+            raise Overloaded(max(1, math.ceil(wait)), reason)
 
     def _take(self, room: int, batch: list[_Job]) -> int:
         """Move queued jobs into ``batch`` while they fit in ``room`` queries (a first job always fits)."""
@@ -115,28 +210,52 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather()
-            if not batch:
-                continue
-            texts = [t for job in batch for t in job.texts]
-            k = max(job.k for job in batch)
-            started = time.perf_counter()
-            try:
-                out = await loop.run_in_executor(self._executor, self.engine.run_batch, texts, k)
-            except Exception as exc:
-                log.exception("batch of %d queries failed", len(texts))
+            self._batch = [job for job in await self._gather() if not job.future.done()]
+            if self._batch:
+                await self._execute(self._batch)
+            self._batch = []
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        """Run ``batch`` in one call; if that fails, rerun each request alone so a bad query fails only its own."""
+        texts = [t for job in batch for t in job.texts]
+        try:
+            out = await self._infer(texts, [job.k for job in batch for _ in job.texts])
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("batch of %d requests failed (%s); retrying them one by one", len(batch), exc)
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            self.metrics.inference.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(texts))
-            start = 0
-            for job in batch:
-                end = start + len(job.texts)
-                if not job.future.done():
-                    hits = [h[: job.k] for h in out.hits[start:end]]
-                    job.future.set_result(BatchOutput(hits, out.truncated[start:end], out.version))
-                start = end
+                        await self._execute([job])
+                return
+            log.exception("request of %d queries failed", len(texts))
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        start = 0
+        for job in batch:
+            end = start + len(job.texts)
+            if not job.future.done():
+                job.future.set_result(BatchOutput(out.hits[start:end], out.truncated[start:end], out.version))
+            start = end
+
+    async def _infer(self, texts: list[str], ks: Sequence[int]) -> BatchOutput:
+        """One encode + search on the inference thread; records the heartbeat and the per-query time."""
+        started = time.perf_counter()
+        self._running = True
+        try:
+            out = await self.call(self.engine.run_batch, texts, ks)
+        finally:
+            self._running = False
+            self._progress_at = time.monotonic()
+        self._observe(time.perf_counter() - started, len(texts))
+        return out
+
+    def _observe(self, seconds: float, queries: int) -> None:
+        """Fold a finished batch into the per-query time estimate (EWMA) and the metrics."""
+        per_query = seconds / queries
+        previous = self._per_query
+        self._per_query = per_query if previous is None else EWMA_ALPHA * per_query + (1 - EWMA_ALPHA) * previous
+        self.metrics.query_seconds.set(self._per_query)
+        self.metrics.inference.observe(seconds)
+        self.metrics.batch_size.observe(queries)

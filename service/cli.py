@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+DRAIN_SECONDS = 30  # uvicorn's graceful-shutdown drain; deploy/k8s's grace period must exceed it + preStop
+
 
 def serve_command(
     bundle: Annotated[Path | None, typer.Option(help="Model bundle directory (env SCALINGNOTE_BUNDLE).")] = None,
@@ -42,5 +44,5 @@ def serve_command(
         workers=1,
         access_log=settings.access_log,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from scalingnote.service.settings import Settings
 log = logging.getLogger("scalingnote.service")
 
 SELF_CHECK_QUERY = "what is the effect of exercise on blood pressure"
+OPEN_ERRORS = (UserError, OSError, RuntimeError, ValueError)  # what a broken index dir makes loading raise
 
 
 @dataclass
@@ -53,33 +54,47 @@ class Generation:
 class Engine:
     """Encoder + current index generation; thread-safe swap with lease counting."""
 
-    def __init__(self, encoder: BundleEncoder, index_path: Path, verify: bool = True) -> None:
+    def __init__(self, encoder: BundleEncoder, index_path: Path, verify: bool = True, lock_timeout: float = 1.0):
         self.encoder = encoder
         self.index_path = Path(index_path)
         self.is_root = versions.is_root(self.index_path)
         self.verify = verify
+        self.lock_timeout = lock_timeout
         self._lock = threading.Lock()
-        self._current = self.open(self._target(None))
+        self._current = self._open_serving() if self.is_root else self.open(self.index_path)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
         """Load bundle and index named by ``settings``; raises :class:`UserError` with a clear message."""
-        import faiss
-
         if settings.bundle is None:
             raise UserError("no model bundle: pass --bundle or set SCALINGNOTE_BUNDLE")
         if settings.index_root is None:
             raise UserError("no index: pass --index or set SCALINGNOTE_INDEX_ROOT")
-        faiss.omp_set_num_threads(settings.faiss_threads)
         index_path = Path(settings.index_root)
-        # Check the embedding space before loading the (large) ONNX graph and index.
-        target = versions.current_path(index_path) if versions.is_root(index_path) else index_path
-        encoder_space = read_bundle_manifest(settings.bundle).space
-        check_space(encoder_space, read_index_manifest(target).space, what=f"bundle {settings.bundle}")
+        if not versions.is_root(index_path):  # a static index: check its space before loading the ONNX graph
+            encoder_space = read_bundle_manifest(settings.bundle).space
+            check_space(encoder_space, read_index_manifest(index_path).space, what=f"bundle {settings.bundle}")
         encoder = BundleEncoder(
             settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
         )
-        return cls(encoder, index_path, settings.verify_checksums)
+        return cls(encoder, index_path, settings.verify_checksums, settings.lock_timeout_s)
+
+    def _open_serving(self) -> Generation:
+        """The first valid version of :func:`versions.serving_order` (``current``, else the newest older one)."""
+        skipped: dict[str, str] = {}
+        for version in versions.serving_order(self.index_path):
+            try:
+                gen = self.open(versions.version_path(self.index_path, version))
+            except OPEN_ERRORS as exc:
+                log.warning("skipping index version %s: %s", version, exc)
+                skipped[version] = str(exc)
+                continue
+            if skipped:
+                log.warning("serving index version %s (skipped %s)", version, ", ".join(skipped))
+            return gen
+        if not skipped:
+            raise ArtifactError(f"{self.index_path} has no index version yet: run `scalingnote index rebuild`")
+        raise UserError(f"{next(iter(skipped.values()))}; no valid older version under {self.index_path} either")
 
     @property
     def current(self) -> Generation:
@@ -146,27 +161,30 @@ class Engine:
     def reload(self, version: str | None = None) -> tuple[Generation, Generation] | None:
         """Swap to ``version`` (default: what ``current`` points to now); None when already serving it.
 
-        Raises :class:`UserError` (old generation keeps serving) when the target is corrupt or mismatched.
+        Raises :class:`UserError` (old generation keeps serving) when the target is corrupt or mismatched,
+        or (:class:`versions.LockBusy`) when an explicit version cannot take the root's lock promptly.
         With an explicit version on an index root, ``current`` is repointed to it after it loaded.
         """
         path = self._target(version)
-        if path.name == self._current.name and version is None:
-            return None
-        gen = self.open(path)
-        if version is not None:
-            with versions.locked(self.index_path):
+        if version is None:
+            if path.name == self._current.name:
+                return None
+            gen = self.open(path)
+        else:
+            with versions.locked(self.index_path, self.lock_timeout):
+                gen = self.open(path)
                 versions.set_current(self.index_path, version)
         return self.swap(gen), gen
 
     def rollback(self) -> tuple[Generation, Generation]:
-        """Repoint ``current`` at the previous version and serve it."""
+        """Repoint ``current`` at the previous version and serve it (target chosen under the root's lock)."""
         if not self.is_root:
             raise UserError(f"{self.index_path} is a static index directory: nothing to roll back to")
-        target = versions.previous_version(self.index_path)
-        if target is None:
-            raise UserError(f"{self.index_path}: no version older than the current one to roll back to")
-        gen = self.open(versions.version_path(self.index_path, target))
-        with versions.locked(self.index_path):
+        with versions.locked(self.index_path, self.lock_timeout):
+            target = versions.previous_version(self.index_path)
+            if target is None:
+                raise UserError(f"{self.index_path}: no version older than the current one to roll back to")
+            gen = self.open(versions.version_path(self.index_path, target))
             versions.set_current(self.index_path, target)
         return self.swap(gen), gen
 
@@ -174,10 +192,21 @@ class Engine:
         """Name of the version ``current`` points to (None for a static index)."""
         return versions.current_version(self.index_path) if self.is_root else None
 
-    def run_batch(self, texts: list[str], k: int) -> BatchOutput:
-        """Encode ``texts`` in one ONNX call and search them in one FAISS call (top ``k``)."""
+    def run_batch(self, texts: list[str], k: int | Sequence[int]) -> BatchOutput:
+        """Encode ``texts`` in one ONNX call and search them: top ``k``, or top ``k[i]`` for ``texts[i]``."""
+        ks = [k] * len(texts) if isinstance(k, int) else list(k)
         with self.lease() as gen:
             index = gen.index
             assert index is not None  # a leased generation is never released
             vectors, truncated = self.encoder.encode_with_flags(texts)
-            return BatchOutput(index.hits(vectors, k), truncated, gen.version)
+            return BatchOutput(hits_by_k(index, vectors, ks), truncated, gen.version)
+
+
+def hits_by_k(index: LoadedIndex, vectors: np.ndarray, ks: list[int]) -> list[list[Hit]]:
+    """One FAISS search per distinct k, over only the queries that asked for it (a large k costs only its own)."""
+    hits: list[list[Hit]] = [[] for _ in ks]
+    for k in sorted(set(ks)):
+        rows = [i for i, want in enumerate(ks) if want == k]
+        for row, found in zip(rows, index.hits(vectors[rows], k), strict=True):
+            hits[row] = found
+    return hits

@@ -21,24 +21,17 @@ log = logging.getLogger("scalingnote.service")
 
 
 async def start(state: ServiceState, engine: Engine | None) -> None:
-    """Load (unless given), warm up every batch size up to the max, start the batcher; then ready."""
+    """Load (unless given), warm up every batch size on the inference thread, start the batcher; then ready."""
     settings = state.settings
     sys.setswitchinterval(settings.gil_switch_ms / 1000)
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_settings, settings)
     state.engine = engine
     state.metrics.set_index(engine.current.version, engine.current.docs)
-    long_query = " ".join(["warm-up"] * engine.encoder.manifest.encoder.max_length)
-    size = 1
-    while True:  # first runs of each shape allocate: do them before the first request
-        batch = ["warm-up query"] * min(size, settings.max_batch_size)
-        await asyncio.to_thread(engine.run_batch, [*batch[:-1], long_query], 10)
-        await asyncio.to_thread(engine.run_batch, batch, 10)
-        if size >= settings.max_batch_size:
-            break
-        size *= 2
-    state.batcher = Batcher(engine, state.metrics, settings.max_batch_size, settings.max_wait_us, settings.max_queue)
-    state.batcher.start()
+    batcher = Batcher.from_settings(engine, state.metrics, settings)
+    await _warm_up(batcher, engine, settings.max_batch_size)
+    batcher.start()
+    state.batcher = batcher
     state.ready = True
     log.info(
         "ready: bundle %s (%s, %s), index %s (%d docs)",
@@ -48,6 +41,19 @@ async def start(state: ServiceState, engine: Engine | None) -> None:
         engine.current.version,
         engine.current.docs,
     )
+
+
+async def _warm_up(batcher: Batcher, engine: Engine, max_batch_size: int) -> None:
+    """First runs of each shape allocate: do them, on the thread that will serve, before the first request."""
+    long_query = " ".join(["warm-up"] * engine.encoder.manifest.encoder.max_length)
+    size = 1
+    while True:
+        batch = ["warm-up query"] * min(size, max_batch_size)
+        await batcher.call(engine.run_batch, [*batch[:-1], long_query], 10)
+        await batcher.call(engine.run_batch, batch, 10)
+        if size >= max_batch_size:
+            break
+        size *= 2
 
 
 async def stop(state: ServiceState) -> None:
@@ -75,12 +81,18 @@ def _response(state: ServiceState, swapped: tuple[Generation, Generation] | None
 async def _swap(
     state: ServiceState, action: Callable[[Engine], tuple[Generation, Generation] | None]
 ) -> ReloadResponse:
-    """Run a load-and-swap ``action`` in a thread, one at a time; a rejected target leaves the old index."""
+    """Run a load-and-swap ``action`` in a thread, one at a time; a rejected target leaves the old index.
+
+    A second call while one runs, or one that cannot take ``ROOT/.lock`` within ``lock_timeout_s``, gets
+    409 at once rather than waiting.
+    """
     if state.engine is None or not state.ready:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not ready: the bundle and index are loading")
     engine = state.engine
+    serving = engine.current.version
+    if state.reload_lock.locked():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"another reload or rollback is running; serving {serving}")
     async with state.reload_lock:
-        serving = engine.current.version
         try:
             swapped = await asyncio.to_thread(action, engine)
         except (UserError, OSError) as exc:
@@ -100,20 +112,30 @@ async def rollback_index(state: ServiceState) -> ReloadResponse:
 
 
 async def poll(state: ServiceState) -> None:
-    """Follow ``ROOT/current``: swap when it points somewhere new (a rejected target is not retried)."""
-    interval = state.settings.reload_poll_seconds
+    """Follow ``ROOT/current`` until cancelled; any failure is logged and polling goes on."""
     while True:
-        await asyncio.sleep(interval)
-        engine = state.engine
-        if engine is None or not state.ready:
-            continue
-        target = engine.watch_target()
-        if target is None or target == engine.current.name or target == state.rejected_target:
-            continue
+        await asyncio.sleep(state.settings.reload_poll_seconds)
         try:
-            await reload_index(state, None)
+            await _poll_once(state)
         except HTTPException:
-            state.rejected_target = target
+            pass  # a rejected target: logged by _swap, not retried
+        except Exception:
+            log.exception("index poller: checking ROOT/current failed; polling on")
+
+
+async def _poll_once(state: ServiceState) -> None:
+    """Swap when ``current`` points somewhere new (a target that failed once is not retried)."""
+    engine = state.engine
+    if engine is None or not state.ready or state.reload_lock.locked():
+        return
+    target = engine.watch_target()
+    if target is None or target == engine.current.name or target == state.rejected_target:
+        return
+    try:
+        await reload_index(state, None)
+    except Exception:
+        state.rejected_target = target
+        raise
 
 
 @contextlib.asynccontextmanager

@@ -42,7 +42,12 @@ class Metrics:
             "scalingnote_batch_seconds", "Encode + search time of one batch.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("scalingnote_queue_depth", "Queries waiting for a batch.", registry=r)
-        self.rejected = Counter("scalingnote_rejected", "Requests refused with 429 (queue full).", registry=r)
+        self.rejected = Counter(
+            "scalingnote_rejected", "Requests refused with 429 (queue full or over its wait budget).", registry=r
+        )
+        self.query_seconds = Gauge(
+            "scalingnote_query_seconds", "Measured inference time per query (EWMA; admission uses it).", registry=r
+        )
         self.index_info = Gauge(
             "scalingnote_index_info", "The index version being served (value 1).", ["version"], registry=r
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_API_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -20,7 +22,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_key: SecretStr | None = Field(None, description="X-API-Key for /admin/*; unset disables the admin API.")
+    api_key: SecretStr | None = Field(
+        None,
+        description=f"X-API-Key for /admin/* (at least {MIN_API_KEY_LENGTH} characters); unset disables the admin API.",
+    )
+    protect_metrics_docs: bool = Field(
+        False, description="Require the API key on /metrics, /docs, /redoc and /openapi.json too."
+    )
     variant: str = Field("auto", description="Bundle variant: auto (int8 on CPU, fp16 on GPU, if present), fp32 …")
     ort_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = one per core).")
     ort_spin: bool = Field(False, description="Let idle ONNX Runtime threads busy-wait (only with ort_threads > 1).")
@@ -34,6 +42,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, description="Most queries merged into one ONNX + FAISS call (1 = off).")
     max_wait_us: int = Field(0, ge=0, description="Longest a batch waits to fill once its first query is there.")
     max_queue: int = Field(256, ge=1, description="Queued queries above which requests get 429 + Retry-After.")
+    queue_budget_ms: float = Field(
+        20.0,
+        gt=0,
+        description="Refuse (429) a request when queued queries x the measured per-query time exceeds this wait.",
+    )
+    max_hits_per_request: int = Field(10_000, ge=1, description="Most queries x k one request may ask for (more: 422).")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="/readyz answers 503 while work waits and no batch has finished for this long."
+    )
+    lock_timeout_s: float = Field(
+        1.0, ge=0, description="How long an admin reload/rollback waits for ROOT/.lock before answering 409."
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="A request still queued after this gets 503.")
     max_body_bytes: int = Field(65536, ge=1024, description="Bodies larger than this get 413.")
     max_batch_queries: int = Field(64, ge=1, description="Most queries in one POST /search/batch.")
@@ -42,8 +62,26 @@ class Settings(BaseSettings):
     access_log: bool = False
     log_level: str = "info"
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_KEY_LENGTH} characters (e.g. `openssl rand -hex 24`)")
+        return value
+
     @model_validator(mode="after")
     def _queue_holds_a_batch_request(self) -> Self:
         if self.max_queue < self.max_batch_queries:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_batch_queries ({self.max_batch_queries})")
+        return self
+
+    @model_validator(mode="after")
+    def _protection_needs_a_key(self) -> Self:
+        if self.protect_metrics_docs and self.api_key is None:
+            raise ValueError("protect_metrics_docs needs an api_key")
         return self

@@ -16,7 +16,7 @@ from scalingnote.service.app import create_app
 from scalingnote.service.settings import Settings
 from tests.conftest import Space
 
-API_KEY = "test-key"
+API_KEY = "test-key-0123456789abcdef0123456789ab"
 
 
 def _settings(tiny: Space, **overrides: object) -> Settings:
@@ -132,8 +132,9 @@ def test_bad_batch_bodies_get_422(client: TestClient, body: object) -> None:
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [(b"{not json", "application/json"), (b"query=x", "application/x-www-form-urlencoded"), (b"x", "text/plain"),
-     (b"", "application/json"), (b"\xff\xfe", "application/json")],
-    ids=["invalid json", "form", "text", "empty", "not utf-8"],
+     (b"", "application/json"), (b"\xff\xfe", "application/json"), (b"\x80abc", "application/json"),
+     (b"[" * 2000 + b"]" * 2000, "application/json")],
+    ids=["invalid json", "form", "text", "empty", "not utf-8", "bad utf-8", "nested 2000 deep"],
 )  # fmt: skip
 def test_non_json_bodies_get_422(client: TestClient, content: bytes, content_type: str) -> None:
     body = _assert_error(client.post("/search", content=content, headers={"content-type": content_type}), 422,

@@ -21,7 +21,7 @@ from scalingnote.index import versions
 from scalingnote.index.build import work_dir
 from tests.conftest import Space, index_root, run_cli, write_corpus
 
-API_KEY = "server-test-key"
+API_KEY = "server-test-key-0123456789abcdef0123"
 ADMIN = {"X-API-Key": API_KEY}
 
 

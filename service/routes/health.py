@@ -17,12 +17,16 @@ async def healthz() -> Status:
     return Status(status="ok")
 
 
-@router.get("/readyz", responses={503: {"model": Status, "description": "Still loading or self-checking."}})
+@router.get("/readyz", responses={503: {"model": Status, "description": "Loading, or stalled: no batch finishes."}})
 async def readyz(state: StateDep) -> Response:
-    """Readiness: bundle and index loaded, self-check query passed, warm-up done."""
-    if state.ready and state.engine is not None:
-        return JSONResponse(Status(status="ready", index_version=state.engine.current.version).model_dump())
-    return JSONResponse(Status(status="loading").model_dump(exclude_none=True), status.HTTP_503_SERVICE_UNAVAILABLE)
+    """Readiness: loaded, self-checked and warmed up, and batches finish (503 `stalled` while none does)."""
+    if not state.ready or state.engine is None:
+        return JSONResponse(Status(status="loading").model_dump(exclude_none=True), status.HTTP_503_SERVICE_UNAVAILABLE)
+    version = state.engine.current.version
+    if state.batcher is not None and state.batcher.stalled:
+        body = Status(status="stalled", index_version=version).model_dump()
+        return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
+    return JSONResponse(Status(status="ready", index_version=version).model_dump())
 
 
 @router.get("/metrics", response_class=Response)
