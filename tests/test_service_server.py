@@ -95,7 +95,7 @@ def test_rebuild_and_swap_under_load_fail_no_request(
     root = index_root(tmp_path / "root", tiny.index)
     old = versions.current_version(root)
     bodies = loadgen.write_bodies(tmp_path / "bodies.jsonl", [{"query": f"gene {w} risk", "k": 10} for w in range(50)])
-    with serve(tiny.bundle, root, reload_poll_seconds=0.2) as server:
+    with serve(tiny.bundle, root, reload_poll_seconds=0.2, queue_budget_ms=5000) as server:  # swap, not admission
         result: dict = {}
         load = threading.Thread(
             target=lambda: result.update(
