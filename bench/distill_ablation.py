@@ -99,7 +99,10 @@ def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None
         README_START,
         "## Distillation ablation (`bench/distill_ablation.py`)",
         "",
-        f"`python bench/distill_ablation.py --teacher {args.teacher} --index {args.index} --readme`"
+        f"`python bench/distill_ablation.py --teacher {args.teacher} --index {args.index}"
+        + (f" --labels {args.labels}" if args.labels else "")
+        + (f" --steps {args.steps}" if args.steps else "")
+        + " --readme`"
         f" — {meta['machine']}, {meta['finished']}, {meta['seconds'] / 60:.0f} min. One teacher (SciFact test"
         f" nDCG@10 {t['test']:.4f}, train {t['train']:.4f}), {rows[0]['steps']} steps each, the same queries and"
         " seed. *dev*: SciFact train queries (no test query is ever used to train or to choose).",

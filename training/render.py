@@ -97,6 +97,12 @@ def verdict(rows: list[Row]) -> list[str]:
     return [text + ".", ""]
 
 
+def _towers(cfg: dict) -> str:
+    if cfg.get("doc_tower") == "frozen":
+        return "query tower trained against its frozen doc tower (as released)"
+    return "shared towers" if cfg["shared"] else "separate towers"
+
+
 def ladder_table(rows: list[Row], fits: dict) -> list[str]:
     """With several teachers: each teacher and its students, side by side (nDCG@10, retention, latency)."""
     teachers = sorted(find(rows, "teacher", onnx=False), key=lambda r: r.params or 0)
@@ -144,7 +150,7 @@ def details(run) -> list[str]:
         if teacher:
             cfg = teacher["config"]
             lines.append(
-                f"- `{name}`: `{cfg['backbone']}` {'shared' if cfg['shared'] else 'separate'} towers, {cfg['steps']}"
+                f"- `{name}`: `{cfg['backbone']}` {_towers(cfg)}, {cfg['steps']}"
                 f" steps × batch {cfg['batch_size']} ({cfg['negatives']} hard negative(s)/query), {teacher['examples']}"
                 f" training pairs, {teacher['train_seconds'] / 60:.1f} min of training"
             )
