@@ -10,6 +10,9 @@
   rename it into ``versions/`` and repoint ``current``: a rebuild killed at any step leaves ``current`` as it was.
 * A rebuild refuses to make current an index of another embedding space than the bundle's (or, without a
   bundle, the current version's) unless forced: pods serving that bundle would refuse it.
+* ``SCALINGNOTE_FAILPOINT=set_current`` makes a writer stop itself (``SIGSTOP``) right after repointing
+  ``current``, before the directory fsync and the prune: the fault benchmark kills it there, a window too short
+  to hit from outside.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +42,7 @@ VERSIONS = "versions"
 CURRENT = "current"
 NEXT = ".next"
 LOCK = ".lock"
+FAILPOINT_ENV = "SCALINGNOTE_FAILPOINT"
 BUILD_LOCK = ".build.lock"
 LOCK_POLL_S = 0.05
 
@@ -139,6 +144,12 @@ def locked(root: Path, timeout: float | None = None) -> Iterator[None]:
         yield
 
 
+def _failpoint(name: str) -> None:
+    """Stop this process here when ``SCALINGNOTE_FAILPOINT`` names ``name`` (for kill -9 tests)."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def set_current(root: Path, version: str) -> None:
     """Atomically repoint ``ROOT/current`` at ``versions/<version>`` (caller holds the lock)."""
     root = Path(root)
@@ -146,6 +157,7 @@ def set_current(root: Path, version: str) -> None:
     tmp = root / f".{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
     os.symlink(Path(VERSIONS) / version, tmp)
     os.replace(tmp, root / CURRENT)
+    _failpoint("set_current")
     fsync_dir(root)
 
 
@@ -228,7 +240,7 @@ def _adopt(root: Path, built: Path, manifest: IndexManifest, keep: int) -> None:
 def publish_version(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest:
     """Copy a built (checksum-verified) index dir into ``root`` as a new version and make it current.
 
-    Publishing an index whose version is already present just makes that version current again.
+    Publishing an index whose version is already present makes that version current again (and prunes).
     """
     index_dir, root = Path(index_dir), Path(root)
     manifest = read_index_manifest(index_dir, verify=True)
@@ -238,6 +250,7 @@ def publish_version(index_dir: Path, root: Path, keep: int = 3) -> IndexManifest
         if existing.is_dir():
             read_index_manifest(existing, verify=True)
             set_current(root, manifest.version)
+            prune(root, keep)  # a publish killed before its prune finishes it on the rerun
             return manifest
         tmp = versions_dir(root) / f".{manifest.version}.tmp-{uuid.uuid4().hex[:8]}"
         shutil.copytree(index_dir, tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,32 @@ def test_index_rollback_repoints_current_without_a_server(tiny: Space, tmp_path:
     proc = run_cli("index", "rollback", "--root", str(root), timeout=120)
     assert proc.returncode == 2 and "no version older" in proc.stderr
     assert versions.rollback(root, ids[1]) == ids[1] == versions.current_version(root)
+
+
+def _stopped(pid: int, timeout: float = 120) -> bool:
+    """Wait until ``pid`` has stopped itself (state T)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_publish_killed_just_after_repointing_current_leaves_it_valid(tiny: Space, tmp_path: Path) -> None:
+    ids = ["20000101T000000Z-aaaaa1", "20000102T000000Z-bbbbb2", "20000103T000000Z-ccccc3"]
+    copies = [copy_as_version(tiny.index, tmp_path / v, v) for v in ids]
+    root = index_root(tmp_path / "root", *copies[:2])
+    cmd = [str(SCALINGNOTE), "index", "publish", "--index", str(copies[2]), "--root", str(root), "--keep", "1"]
+    proc = subprocess.Popen(cmd, env=server_env(failpoint="set_current"), stderr=subprocess.DEVNULL)
+    try:
+        assert _stopped(proc.pid), "the writer never reached the failpoint"
+        proc.kill()
+    finally:
+        proc.wait(30)
+    assert versions.current_version(root) == ids[2], "killed after the repoint"
+    assert versions.list_versions(root) == ids, "and before the prune"
+    read_index_manifest(versions.current_path(root), verify=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=server_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert versions.list_versions(root) == ids[2:] == [versions.current_version(root)]

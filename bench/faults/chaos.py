@@ -5,7 +5,8 @@ is read to see which step it is in (partial shards: embedding; ``versions/.<new>
 ``.next`` or a new ``versions/<id>`` while ``current`` is unchanged: adopt; ``current`` repointed but the
 doomed versions still there: set_current; ``versions/.<old>.tmp-*``: prune). It is SIGKILLed while frozen in
 the target step, so the state it dies in is the state that was read. A step passed by within one slice is
-retried with a new run (``--chaos-attempts``).
+retried with a new run (``--chaos-attempts``). set_current lasts microseconds, so there the writer runs with
+``SCALINGNOTE_FAILPOINT=set_current`` and stops itself just after repointing ``current`` (:mod:`index.versions`).
 
 After each kill: no request failed, ``current`` verifies (sha256), the server serves it, and a rerun succeeds.
 """
@@ -50,6 +51,7 @@ from scalingnote.index import versions
 from scalingnote.index.build import work_dir
 
 STEPS = ("embedding", "copy", "adopt", "set_current", "prune")
+FAILPOINTS = ("set_current",)
 ORDER = ("starting", "embedding", "write", "copy", "adopt", "set_current", "prune", "done")
 COARSE_S, FINE_S = 0.02, 0.0003
 FREEZE_TIMEOUT_S = 5.0
@@ -249,6 +251,11 @@ def command(step: str, setup: Setup, keep: int) -> list[str]:
     return [*cmd, "--force"] if setup.force else cmd
 
 
+def failpoint(step: str) -> dict[str, str]:
+    """The writer's extra settings: a self-stop at steps too short to freeze from outside."""
+    return {"failpoint": step} if step in FAILPOINTS else {}
+
+
 def renew(index: Path) -> None:
     """Give ``index`` a new version id, so that publishing it copies it again."""
     write_manifest(index, INDEX_MANIFEST, read_index_manifest(index).model_copy(update={"version": new_version_id()}))
@@ -296,7 +303,7 @@ def kill_step(step: str, setup: Setup, server: Server, bodies: Path, args: argpa
                 renew(setup.publish_source)
             before = Before.of(setup.root, keep)
             with (setup.logs / f"{step}-{n}.log").open("wb") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(**failpoint(step)))
             try:
                 attempts.append(kill_at(proc, setup.root, step, before, args.chaos_timeout))
                 proc.wait(args.chaos_timeout)  # a missed step: let the writer finish
