@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from readme_block import replace_block
+
 from scalingnote.beir import load_dataset
 from scalingnote.evaluation.dense import dense_run
 from scalingnote.evaluation.metrics import evaluate
@@ -26,7 +28,7 @@ from scalingnote.training.profiles import load_profile
 from scalingnote.training.render import cpu_model
 
 HERE = Path(__file__).parent
-README_START, README_END = "<!-- distill_ablation:begin -->", "<!-- distill_ablation:end -->"
+BLOCK = "distill_ablation"
 PAPER = ["distill.kl_weight=0"]
 VARIANTS: list[tuple[str, list[str]]] = [
     ("MSE + cos (the paper's loss)", PAPER),
@@ -96,7 +98,6 @@ def main() -> None:
 def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None:
     t = meta["teacher_ndcg@10"]
     lines = [
-        README_START,
         "## Distillation ablation (`bench/distill_ablation.py`)",
         "",
         f"`python bench/distill_ablation.py --teacher {args.teacher} --index {args.index}"
@@ -115,16 +116,7 @@ def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None
         f"{r['dev_ndcg@10']:.4f} | {r['dev_retention']:.1%} | {r['train_s']:.0f} |"
         for r in rows
     ]
-    lines.append(README_END)
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    block = "\n".join(lines)
-    if README_START in text:
-        head, rest = text.split(README_START, 1)
-        text = head + block + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(text)
+    replace_block(BLOCK, "\n".join(lines))
 
 
 if __name__ == "__main__":

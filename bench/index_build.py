@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+from readme_block import replace_block
 from transformers import AutoModel, AutoTokenizer
 
 from scalingnote.beir import Document, load_corpus
@@ -33,7 +34,7 @@ from scalingnote.paths import data_root
 from scalingnote.specs import resolve
 
 HERE = Path(__file__).parent
-README_START, README_END = "<!-- index_build:start -->", "<!-- index_build:end -->"
+BLOCK = "index_build"
 
 
 def write_subset(docs: list[Document], root: Path) -> Path:
@@ -132,14 +133,7 @@ def update_readme(results: list[dict], dtypes: list[dict]) -> None:
         f"{statistics.median(d['bf16_docs_per_s']):.1f} | {d['bf16_over_fp32']:.2f}x | {d['auto_picks']} |"
         for d in dtypes
     ]
-    block = "\n".join([README_START, *rows, README_END])
-    readme = HERE / "README.md"
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    if README_START in text:
-        text = text[: text.index(README_START)] + block + text[text.index(README_END) + len(README_END) :]
-    else:
-        text += "\n## Index build throughput (`python bench/index_build.py`)\n\n" + block + "\n"
-    readme.write_text(text)
+    replace_block(BLOCK, "\n".join(rows), heading="## Index build throughput (`python bench/index_build.py`)")
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from readme_block import replace_block
+
 from scalingnote.artifacts import read_bundle_manifest
 from scalingnote.beir import load_dataset, load_queries
 from scalingnote.paths import data_root
@@ -22,7 +24,7 @@ from scalingnote.training.latency import load_timed, time_queries
 from scalingnote.training.render import cpu_model
 
 HERE = Path(__file__).parent
-README_START, README_END = "<!-- query_latency:begin -->", "<!-- query_latency:end -->"
+BLOCK = "query_latency"
 
 
 def systems(pipeline: Path | None, encoders: list[str]) -> list[tuple[str, str, str]]:
@@ -93,7 +95,6 @@ def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None
         ([f"--pipeline {args.pipeline}"] if args.pipeline else []) + [f"--encoder {e}" for e in args.encoder]
     )
     lines = [
-        README_START,
         "## Query encoders: teacher vs student, torch vs ONNX (`bench/query_latency.py`)",
         "",
         f"`{cmd.strip()} --readme` — {meta['machine']}, {meta['finished']}, {meta['queries']} SciFact test queries"
@@ -108,16 +109,7 @@ def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None
         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.0f} |"
         for r in rows
     ]
-    lines.append(README_END)
-    readme = HERE / "README.md"
-    text = readme.read_text() if readme.is_file() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if README_START in text:
-        head, rest = text.split(README_START, 1)
-        text = head + block + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(text)
+    replace_block(BLOCK, "\n".join(lines))
 
 
 if __name__ == "__main__":

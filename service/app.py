@@ -19,7 +19,6 @@ from scalingnote.service import lifecycle
 from scalingnote.service.batcher import Overloaded
 from scalingnote.service.deps import ServiceState
 from scalingnote.service.engine import Engine
-from scalingnote.service.metrics import Metrics
 from scalingnote.service.routes import api_router
 from scalingnote.service.schemas import ErrorBody
 from scalingnote.service.settings import Settings
@@ -32,6 +31,7 @@ ROUTES = frozenset(
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "body_too_large", 422: "invalid_request", 429: "overloaded",
          499: "client_closed", 503: "unavailable"}  # fmt: skip
+SEARCHES = frozenset({"/search", "/search/batch"})
 PROTECTED = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -45,12 +45,14 @@ def error(
 
 class ServiceMiddleware:
     """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), the API key on ``PROTECTED`` paths
-    when ``api_key`` is given, and request metrics by route/status."""
+    when ``api_key`` is given, 429 for searches the batcher would refuse anyway (before the body is parsed:
+    under overload the refusals must cost the event loop little), and request metrics by route/status."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics, api_key: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, state: ServiceState, api_key: str | None = None) -> None:
         self.app = app
         self.limit = max_body_bytes
-        self.metrics = metrics
+        self.state = state
+        self.metrics = state.metrics
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,11 +74,18 @@ class ServiceMiddleware:
                 await error(
                     status.HTTP_401_UNAUTHORIZED, "missing or wrong API key (X-API-Key or Authorization: Bearer)"
                 )(scope, receive, send_wrapper)
+            elif route in SEARCHES and scope["method"] == "POST" and (refused := self._refusal()) is not None:
+                await overloaded(refused)(scope, receive, send_wrapper)
             else:
                 await self._limited(scope, receive, send_wrapper)
         finally:
             self.metrics.requests.labels(route=route, status=str(code)).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+
+    def _refusal(self) -> Overloaded | None:
+        """What the batcher would answer one more query now (None while not ready: the route says 503)."""
+        batcher = self.state.batcher
+        return batcher.refusal(1) if batcher is not None and self.state.ready else None
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         length, chunked = _body_headers(scope)
@@ -165,8 +174,13 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+def overloaded(exc: Overloaded) -> JSONResponse:
+    """429 with Retry-After."""
     return error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
+async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+    return overloaded(exc)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -202,5 +216,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(Exception, _unexpected)
     settings = state.settings
     key = settings.api_key.get_secret_value() if settings.protect_metrics_docs and settings.api_key else None
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=state.metrics, api_key=key)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, state=state, api_key=key)
     return app

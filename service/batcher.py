@@ -4,7 +4,8 @@ Requests queue on the event loop; one worker task takes up to ``max_batch_size``
 most ``max_wait_us`` for more to arrive, and runs encode + search on a dedicated inference thread, so the
 event loop never blocks. While a batch runs, the next one forms. A request is refused at once
 (:class:`Overloaded`, answered 429 + Retry-After) above ``max_queue`` queued queries, or when the queued
-queries times the measured per-query time (EWMA) exceed ``queue_budget_s``.
+queries times the measured per-query time (EWMA) exceed ``queue_budget_s`` and have for ``overload_interval_s``
+(:class:`SustainedOverload`: a short stall is waited out, sustained overload is refused).
 
 Supervision: a worker task that dies is restarted (logged); :attr:`Batcher.stalled` says that work is
 waiting and no batch has finished for ``stall_after_s`` (a wedged inference call), for ``/readyz``.
@@ -46,6 +47,27 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
+@dataclass
+class SustainedOverload:
+    """Budget refusals start once the expected wait has been over budget for ``interval`` s, and stop once it
+    has been under budget for as long (CoDel's idea at admission): a stall of a swap, a GC pause or a burst is
+    absorbed, while under sustained overload the state stays on and every over-budget request is refused."""
+
+    interval: float
+    shedding: bool = False
+    _since: float | None = None  # start of the current run of observations that contradict ``shedding``
+
+    def update(self, over: bool, now: float) -> bool:
+        """Fold in one observation (``over``: the expected wait is over budget); returns whether to shed."""
+        if over == self.shedding:
+            self._since = None
+        elif self._since is None and self.interval > 0:
+            self._since = now
+        elif self._since is None or now - self._since >= self.interval:
+            self.shedding, self._since = over, None
+        return self.shedding
+
+
 @dataclass(eq=False)
 class _Job:
     texts: list[str]
@@ -71,6 +93,7 @@ class Batcher:
         queue_budget_s: float | None = None,
         stall_after_s: float = 5.0,
         faiss_threads: int = 1,
+        overload_interval_s: float = 0.0,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -78,6 +101,7 @@ class Batcher:
         self.max_wait = max_wait_us / 1e6
         self.max_queue = max_queue
         self.queue_budget = queue_budget_s
+        self._overload = SustainedOverload(overload_interval_s)
         self.stall_after = stall_after_s
         self._pending: deque[_Job] = deque()
         self._depth = 0
@@ -103,6 +127,7 @@ class Batcher:
             settings.queue_budget_ms / 1000,
             settings.stall_timeout_s,
             settings.faiss_threads,
+            settings.overload_interval_ms / 1000,
         )
 
     def start(self) -> None:
@@ -167,16 +192,25 @@ class Batcher:
         """Queue ``texts`` and wait for their results (raises :class:`Overloaded` when refused)."""
         return await self.enqueue(texts, k)
 
-    def _admit(self, queries: int) -> None:
-        """Refuse over ``max_queue`` queued queries, or when their expected wait exceeds the budget."""
-        if self._depth + queries > self.max_queue:
-            self.metrics.rejected.inc()
-            raise Overloaded(retry_after=1)
+    def refusal(self, queries: int) -> Overloaded | None:
+        """Why ``queries`` more would be refused (counted as rejected), or None: over ``max_queue`` queued
+        queries, or an expected wait over the budget (sustained: :class:`SustainedOverload`)."""
         wait = self._depth * (self._per_query or 0.0)
-        if self.queue_budget is not None and wait > self.queue_budget:
-            self.metrics.rejected.inc()
+        over = self.queue_budget is not None and wait > self.queue_budget
+        shedding = self._overload.update(over, time.monotonic())
+        if self._depth + queries > self.max_queue:
+            refused = Overloaded(retry_after=1)
+        elif over and shedding:
             reason = f"expected queue wait {wait * 1000:.0f} ms is over the {self.queue_budget * 1000:.0f} ms budget"
-            raise Overloaded(max(1, math.ceil(wait)), reason)
+            refused = Overloaded(max(1, math.ceil(wait)), reason)
+        else:
+            return None
+        self.metrics.rejected.inc()
+        return refused
+
+    def _admit(self, queries: int) -> None:
+        if (refused := self.refusal(queries)) is not None:
+            raise refused
 
     def _take(self, room: int, batch: list[_Job]) -> int:
         """Move queued jobs into ``batch`` while they fit in ``room`` queries (a first job always fits)."""

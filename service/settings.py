@@ -43,9 +43,15 @@ class Settings(BaseSettings):
     max_wait_us: int = Field(0, ge=0, description="Longest a batch waits to fill once its first query is there.")
     max_queue: int = Field(256, ge=1, description="Queued queries above which requests get 429 + Retry-After.")
     queue_budget_ms: float = Field(
-        20.0,
+        10.0,
         gt=0,
         description="Refuse (429) a request when queued queries x the measured per-query time exceeds this wait.",
+    )
+    overload_interval_ms: float = Field(
+        100.0,
+        ge=0,
+        description="How long the expected wait must stay over QUEUE_BUDGET_MS before requests are refused, "
+        "and under it before refusing stops (0: at once): stalls shorter than this are waited out.",
     )
     max_hits_per_request: int = Field(10_000, ge=1, description="Most queries x k one request may ask for (more: 422).")
     stall_timeout_s: float = Field(

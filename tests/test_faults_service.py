@@ -374,3 +374,16 @@ def test_metrics_and_docs_can_require_the_api_key(tiny: Space) -> None:
         assert c.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
         assert c.post("/search", json={"query": "gene"}).status_code == 200, "search stays open"
         assert c.get("/readyz").status_code == 200
+
+
+def test_budget_refusals_need_a_sustained_overload() -> None:
+    from scalingnote.service.batcher import SustainedOverload
+
+    state = SustainedOverload(interval=0.1)
+    assert not state.update(True, 0.0) and not state.update(True, 0.09), "a short stall is waited out"
+    assert not state.update(False, 0.095) and not state.update(True, 0.1), "and a dip restarts the clock"
+    assert state.update(True, 0.2), "over budget for the whole interval: shed"
+    assert state.update(False, 0.25) and state.update(True, 0.26), "a dip under budget does not stop shedding"
+    assert state.update(False, 0.3) and not state.update(False, 0.4), "under budget for the interval: stop"
+    now = SustainedOverload(interval=0.0)
+    assert now.update(True, 0.0) and not now.update(False, 0.0), "interval 0: at once, both ways"

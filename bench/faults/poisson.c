@@ -9,6 +9,9 @@
  * fixed intervals and does not read headers; this one records each answer's Retry-After. Per request it writes
  * "index<TAB>due_us<TAB>latency_us<TAB>status<TAB>retry_after" to --out (status 0: connection error,
  * -1: timeout, -2: never sent; retry_after: the header's value, -1 when absent). Only a summary goes to stdout.
+ * A request whose reused keep-alive connection turns out closed by the server before any byte of the answer
+ * (the server's idle timeout racing our send) is sent once more on a new connection, as HTTP clients do; the
+ * summary counts these ("stale_resends").
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -39,11 +42,11 @@ typedef struct {
 
 typedef struct {
     int64_t due_ns, end_ns; /* from t0 */
-    int status, retry_after;
+    int status, retry_after, resent;
 } rec_t;
 
 typedef struct {
-    int fd, want_out;
+    int fd, want_out, served;
     int64_t req;
     size_t woff, rlen, rcap;
     char *rbuf;
@@ -56,6 +59,7 @@ static rec_t *recs;
 static int64_t nrecs, t0;
 static conn_t *conns;
 static int nconns, epfd, nbusy;
+static int64_t nstale;
 static int *idle, nidle;
 
 static int64_t now_ns(void) {
@@ -89,6 +93,7 @@ static int conn_open(conn_t *c) {
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
     c->fd = fd;
     c->want_out = 0;
+    c->served = 0;
     c->req = IDLE;
     c->rlen = 0;
     idle[nidle++] = (int)(c - conns);
@@ -142,6 +147,28 @@ static int conn_flush(conn_t *c) {
     return 0;
 }
 
+/* The connection of request i was a reused one the server had closed, and nothing came back: send i again on
+ * a new connection, once. 1: handled (resent, or failed for good), 0: not such a case. */
+static int resend_stale(conn_t *c) {
+    int64_t i = c->req;
+    if (c->served == 0 || c->rlen > 0 || recs[i].resent) return 0;
+    recs[i].resent = 1;
+    nstale++;
+    conn_close(c); /* busy, so not in the idle list */
+    nbusy--;
+    if (conn_open(c) < 0) {
+        recs[i].status = ST_ERROR;
+        recs[i].end_ns = now_ns() - t0;
+        return 1;
+    }
+    nidle--; /* conn_open put c last in the idle list */
+    c->req = i;
+    c->woff = 0;
+    nbusy++;
+    if (conn_flush(c) < 0) fail(c, ST_ERROR);
+    return 1;
+}
+
 /* Send request i: 1 sent (or failed on write), 0 every connection is busy, -1 no connection can be opened. */
 static int send_request(int64_t i) {
     if (nidle == 0) {
@@ -154,7 +181,7 @@ static int send_request(int64_t i) {
     c->woff = 0;
     c->rlen = 0;
     nbusy++;
-    if (conn_flush(c) < 0) fail(c, ST_ERROR);
+    if (conn_flush(c) < 0 && !resend_stale(c)) fail(c, ST_ERROR);
     return 1;
 }
 
@@ -184,6 +211,7 @@ static void try_parse(conn_t *c) {
     const char *ra = header(c->rbuf, hlen, "retry-after:");
     const char *conn = header(c->rbuf, hlen, "connection:");
     finish(c, atoi(c->rbuf + 9), ra ? atoi(ra) : -1);
+    c->served++;
     if (conn && strncasecmp(conn, "close", 5) == 0) {
         conn_close(c);
     } else {
@@ -204,6 +232,7 @@ static void on_readable(conn_t *c) {
             continue;
         }
         if (n < 0 && errno == EAGAIN) break;
+        if (c->req >= 0 && resend_stale(c)) return;
         if (c->req >= 0) finish(c, ST_ERROR, -1); /* closed by the peer or reset */
         conn_close(c);
         return;
@@ -252,7 +281,8 @@ static void plan_arrivals(double rate, double duration, long seed) {
             cap *= 2;
             recs = xrealloc(recs, (size_t)cap * sizeof(rec_t));
         }
-        recs[nrecs++] = (rec_t){.due_ns = (int64_t)(t * 1e9), .end_ns = 0, .status = ST_UNSENT, .retry_after = -1};
+        recs[nrecs++] = (rec_t){.due_ns = (int64_t)(t * 1e9), .end_ns = 0, .status = ST_UNSENT, .retry_after = -1,
+                                 .resent = 0};
     }
 }
 
@@ -350,7 +380,7 @@ int main(int argc, char **argv) {
             conn_t *c = &conns[id];
             if (c->req == CLOSED) continue;
             if ((evs[i].events & EPOLLOUT) && c->req >= 0 && conn_flush(c) < 0) {
-                fail(c, ST_ERROR);
+                if (!resend_stale(c)) fail(c, ST_ERROR);
                 continue;
             }
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
@@ -368,7 +398,8 @@ int main(int argc, char **argv) {
                 r->status, r->retry_after);
     }
     fclose(f);
-    printf("{\"rate\": %g, \"duration_s\": %g, \"requests\": %lld, \"elapsed_s\": %.3f, \"connections\": %d}\n", rate,
-           duration, (long long)nrecs, (double)elapsed / 1e9, nconns);
+    printf("{\"rate\": %g, \"duration_s\": %g, \"requests\": %lld, \"elapsed_s\": %.3f, \"connections\": %d, "
+           "\"stale_resends\": %lld}\n",
+           rate, duration, (long long)nrecs, (double)elapsed / 1e9, nconns, (long long)nstale);
     return 0;
 }

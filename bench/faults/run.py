@@ -1,7 +1,11 @@
 """Fault figures of the /search service (issue #10): overload, chaos, corrupt artifacts, fuzzing.
 
-    .venv/bin/python bench/faults/run.py --bundle artifacts/cpu/bundle --index artifacts/cpu/teacher-index \\
-        --other-index artifacts/cpu/baseline-minilm-l6-index --json bench/results/faults.json --readme
+    .venv/bin/python bench/faults/run.py --bundle artifacts/demo/bundle --index artifacts/demo/teacher-index \\
+        --other-index artifacts/fb/mpnet-sub200-index --json bench/results/faults.json --readme
+
+``--other-index`` is any index of another doc tower (the wrong-space case); the one above is mpnet-base over the
+first 200 SciFact documents: ``scalingnote index build --dataset <those docs> --doc-encoder mpnet-base
+--max-length 128 --out artifacts/fb/mpnet-sub200-index`` (the subset as :func:`chaos.write_subset` writes it).
 
 Every server is a real ``scalingnote serve`` process on 127.0.0.1 (a free port), on copies of the given
 artifacts in temporary directories; every load, wait and subprocess is bounded and cleaned up. Writes every
@@ -27,12 +31,14 @@ import fuzz
 import overload
 from common import REPO
 
+sys.path.insert(0, str(REPO / "bench"))  # the README block writer
+from readme_block import replace_block
+
 from scalingnote.artifacts import read_bundle_manifest, read_index_manifest
 from scalingnote.index import versions
 from scalingnote.paths import data_root
 from scalingnote.training.render import cpu_model
 
-README = REPO / "bench" / "README.md"
 BLOCK = "faults"
 SCENARIOS = {"overload": overload, "chaos": chaos, "corrupt": corrupt, "fuzz": fuzz}
 
@@ -124,18 +130,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(section: str) -> None:
-    """Replace only the faults block of bench/README.md (other blocks belong to other benchmarks)."""
-    begin, end = f"<!-- {BLOCK}:begin -->", f"<!-- {BLOCK}:end -->"
-    text = README.read_text(encoding="utf-8")
-    block = f"{begin}\n{section}{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    README.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bundle = args.bundle.resolve()
@@ -167,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.readme:
-        update_readme(section)
+        replace_block(BLOCK, section)
     print(section)
     for c in results["checks"]:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}" + ("" if c["passed"] else f": {c['value']}"))

@@ -39,9 +39,11 @@ from typing import Any
 import httpx
 import loadgen
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the README block writer
+from readme_block import README, replace_block
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-README = REPO / "bench" / "README.md"
 BENCH_BLOCK, TUNE_BLOCK = "serve-bench", "serve-tuning"
 SATURATED_P99_MS = 1000.0
 
@@ -349,15 +351,8 @@ def markdown(results: dict) -> str:
 
 
 def update_readme(section: str, name: str = BENCH_BLOCK) -> None:
-    """Replace only the ``name`` block of bench/README.md (other sections belong to other benchmarks)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = README.read_text(encoding="utf-8") if README.is_file() else "# Benchmarks\n"
-    block = f"{begin}\n{section}{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    README.write_text(text, encoding="utf-8")
+    """Replace only the ``name`` block of bench/README.md."""
+    replace_block(name, section)
 
 
 def parse_args() -> argparse.Namespace:
