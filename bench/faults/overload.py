@@ -1,4 +1,5 @@
-"""Overload: saturation (closed loop), then N x saturation with Poisson arrivals, then recovery under light load.
+"""Overload: saturation (closed loop); normal load (half of it, Poisson: nothing may be refused); then N x
+saturation with Poisson arrivals, then recovery under light load.
 
 Saturation is measured on a server with latency-budget admission off (it would refuse the closed loop's
 excess and understate the rate); the overload and recovery run on a fresh server with the given settings.
@@ -35,6 +36,7 @@ from common import (
 from scalingnote.index.versions import publish_version
 
 ALLOWED = {200, 429, 503}
+NORMAL_AVAILABILITY = 0.999  # at half saturation: an availability SLO, Poisson bursts may be refused now and then
 NO_ADMISSION = {"queue_budget_ms": 600_000}  # saturation is what the server does when it refuses nothing
 RSS_PERIOD_S = 0.1
 
@@ -122,6 +124,8 @@ def run(args: argparse.Namespace, bundle: Path, index: Path) -> dict:
         rate = round(args.overload_factor * sat["throughput_rps"], 1)
         with serving(bundle, root, work, **dict(args.overload_setting)) as server:
             poisson(arrivals, server.port, bodies, args.recovery_rate, args.warmup_seconds, 8, seed=3)
+            normal_rate = round(args.normal_factor * sat["throughput_rps"], 1)
+            normal = poisson(arrivals, server.port, bodies, normal_rate, args.normal_seconds, 64, seed=4)
             rss_before, _ = rss_mib(server.proc.pid)
             with peak_rss(server.proc.pid) as rss:
                 over = poisson(arrivals, server.port, bodies, rate, args.overload_seconds, args.connections)
@@ -135,6 +139,12 @@ def run(args: argparse.Namespace, bundle: Path, index: Path) -> dict:
         "settings": dict(args.overload_setting),
         "targets": {"admitted_p99_ms": args.admitted_p99_ms, "recovery_s": args.recovery_target_s},
         "saturation": sat,
+        "normal": {
+            "rate": normal_rate,
+            "duration_s": args.normal_seconds,
+            "status": status_counts(normal.status),
+            "latency_ms": percentiles(normal.latency_ms[normal.status == 200]),
+        },
         "factor": args.overload_factor,
         "offered_rps": rate,
         "duration_s": args.overload_seconds,
@@ -148,7 +158,13 @@ def run(args: argparse.Namespace, bundle: Path, index: Path) -> dict:
 
 def checks(r: dict, args: argparse.Namespace) -> list[dict]:
     p99 = r["admitted"]["latency_ms"].get("p99")
+    normal = r["normal"]["status"]
     return [
+        check(
+            f"normal load: >= {100 * NORMAL_AVAILABILITY:g} % answered 200",
+            normal.get("200", 0) >= NORMAL_AVAILABILITY * sum(normal.values()),
+            normal,
+        ),
         check("overload: only 200/429/503", not r["unexpected_status"], r["status"]),
         check("overload: the server refused some requests (429)", r["retry_after"]["429s"] > 0, r["retry_after"]),
         check("overload: every 429 carries Retry-After", r["retry_after"]["fraction"] == 1.0, r["retry_after"]),
@@ -181,7 +197,10 @@ def markdown(r: dict) -> list[str]:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| requests (status: count) | {r['requests']} ({codes}) |",
+        f"| normal load, {r['normal']['rate']:g} req/s for {r['normal']['duration_s']:g} s (status: count) | "
+        f"{', '.join(f'{c}: {n}' for c, n in r['normal']['status'].items())}; p50 / p99 "
+        f"{r['normal']['latency_ms'].get('p50', '–')} / {r['normal']['latency_ms'].get('p99', '–')} ms |",
+        f"| overload requests (status: count) | {r['requests']} ({codes}) |",
         f"| resent once after the server closed an idle keep-alive connection | {r['stale_resends']} |",
         f"| 429s with Retry-After | {ra['with_retry_after']} of {ra['429s']} ({share}) |",
         f"| admitted | {r['admitted']['count']} ({r['admitted']['throughput_rps']:.1f} req/s) |",

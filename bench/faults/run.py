@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--saturation-concurrency", type=int, default=16)
     g.add_argument("--warmup-seconds", type=float, default=3.0)
     g.add_argument("--connections", type=int, default=256, help="Keep-alive connections of the overload.")
+    g.add_argument("--normal-factor", type=float, default=0.5, help="Normal load = factor x saturation (no 429s).")
+    g.add_argument("--normal-seconds", type=float, default=30.0)
     g.add_argument("--recovery-rate", type=float, default=20.0)
     g.add_argument("--recovery-seconds", type=float, default=15.0)
     g.add_argument("--slo-ms", type=float, default=10.0, help="p99 a 1-s recovery window must meet.")
