@@ -1,8 +1,10 @@
 """Build an index directory: embed a corpus with a doc tower, shard by shard, then publish atomically.
 
 Embedding shards are saved in ``.<out>.partial/`` as they are made, so a killed build resumes from the
-last finished shard. ``--out`` only ever appears complete: the index is written to a staging dir and
-renamed into place (an existing index is swapped atomically).
+last finished shard. With an embedding cache (:mod:`index.embed_cache`; ``index rebuild`` keeps one beside
+its root) only documents whose text the cache has not seen with this doc tower are embedded. ``--out`` only
+ever appears complete: the index is written to a staging dir and renamed into place (an existing index is
+swapped atomically).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scalingnote.artifacts import (
     EncoderConfig,
     IndexManifest,
     TowerMeta,
+    VectorCounts,
     checksums,
     new_version_id,
     now_iso,
@@ -37,6 +40,7 @@ from scalingnote.artifacts import (
 from scalingnote.beir import Document, load_corpus
 from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import faiss_backend
+from scalingnote.index.embed_cache import EmbeddingCache, text_hash
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
 from scalingnote.paths import index_cache_root
 from scalingnote.specs import EncoderRef, doc_space, resolve
@@ -53,6 +57,20 @@ def work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def _embed_chunk(
+    tower: Tower, chunk: list[Document], cache: EmbeddingCache | None, batch_size: int, dtype: Dtype
+) -> tuple[np.ndarray, int]:
+    """The chunk's vectors and how many documents had to be embedded (the rest came from ``cache``)."""
+    texts = [d.full_text for d in chunk]
+    if cache is None:
+        return tower.encode(texts, batch_size, dtype, progress=False), len(chunk)
+    hashes = [text_hash(t) for t in texts]
+    missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in cache}
+    if missing:
+        cache.add(list(missing), tower.encode(list(missing.values()), batch_size, dtype, progress=False))
+    return cache.get(hashes), sum(h in missing for h in hashes)
+
+
 def embed_shards(
     tower: Tower,
     docs: list[Document],
@@ -62,14 +80,17 @@ def embed_shards(
     batch_size: int,
     dtype: Dtype,
     progress: bool,
-) -> np.ndarray:
-    """Embed ``docs`` shard by shard into ``work``, reusing shards a previous run of the same ``key`` left."""
+    cache: EmbeddingCache | None = None,
+) -> tuple[np.ndarray, int]:
+    """Embed ``docs`` shard by shard into ``work``, reusing shards a previous run of the same ``key`` left and
+    vectors ``cache`` holds; returns the vectors and how many documents were embedded by this run."""
     if (work / "key").is_file() and (work / "key").read_text() != key:
         shutil.rmtree(work)
     (work / "shards").mkdir(parents=True, exist_ok=True)
     (work / "key").write_text(key)
     n_shards = (len(docs) + shard_size - 1) // shard_size
     parts: list[np.ndarray] = []
+    embedded = 0
     with tqdm(total=len(docs), desc="embed corpus", unit="doc", disable=not progress) as bar:
         for i in range(n_shards):
             shard = work / "shards" / f"{i:05d}.npy"
@@ -77,13 +98,14 @@ def embed_shards(
             if shard.is_file():
                 vectors = np.load(shard)
             else:
-                vectors = tower.encode([d.full_text for d in chunk], batch_size, dtype, progress=False)
+                vectors, n = _embed_chunk(tower, chunk, cache, batch_size, dtype)
+                embedded += n
                 tmp = shard.with_suffix(".tmp.npy")
                 np.save(tmp, vectors)
                 os.replace(tmp, shard)
             parts.append(vectors)
             bar.update(len(chunk))
-    return np.concatenate(parts)
+    return np.concatenate(parts), embedded
 
 
 def build_index(
@@ -97,8 +119,13 @@ def build_index(
     progress: bool = True,
     tower: Tower | None = None,
     max_length: int | None = None,
+    embed_cache: Path | None = None,
+    previous_ids: list[str] | None = None,
 ) -> IndexManifest:
-    """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``."""
+    """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``.
+
+    ``embed_cache``: the embedding cache root (vectors of unchanged texts are reused); ``previous_ids``: the
+    documents of the version this one replaces, to count the dropped ones in the manifest."""
     dataset, out = Path(dataset), Path(out)
     if not dataset.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset}")
@@ -112,7 +139,9 @@ def build_index(
     enc = tower.meta.encoder
     key = _fingerprint(docs, [space.sha256, enc.model_dump_json(), str(shard_size), str(tower.resolve_dtype(dtype))])
     work = work_dir(out)
-    vectors = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress)
+    tower_key = hashlib.sha256(f"{space.sha256}\x1f{enc.model_dump_json()}\x1f{tower.resolve_dtype(dtype)}".encode())
+    cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key.hexdigest()[:24])
+    vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
     index = faiss_backend.build(vectors, factory)
     tmp = staging_dir(out)
     faiss.write_index(index, str(tmp / INDEX_FILE))
@@ -127,10 +156,17 @@ def build_index(
         dataset=str(dataset.resolve()),
         created_at=now_iso(),
         files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
+        vectors=VectorCounts(
+            embedded=embedded,
+            reused=len(docs) - embedded,
+            dropped=None if previous_ids is None else len(set(previous_ids) - {d.id for d in docs}),
+        ),
     )
     write_manifest(tmp, INDEX_MANIFEST, manifest)
     publish_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
+    if cache is not None:
+        cache.compact([text_hash(d.full_text) for d in docs])
     return manifest
 
 

@@ -62,6 +62,10 @@ def rebuild_command(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Make the new version current even if its space differs.")] = False,
+    embed_cache: Annotated[
+        bool,
+        typer.Option(help="Embed only new or changed documents; reuse the rest from ROOT/.embeddings."),
+    ] = True,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from scalingnote.index.versions import rebuild
@@ -76,10 +80,13 @@ def rebuild_command(
         factory=index_factory,
         batch_size=batch_size,
         shard_size=shard_size,
+        embed_cache=embed_cache,
         dtype=dtype,
         max_length=max_length,
     )
-    typer.echo(f"version {manifest.version}: {manifest.count} docs -> {root}/current")
+    counts = manifest.vectors
+    reuse = f" ({counts.embedded} embedded, {counts.reused} reused, {counts.dropped} dropped)" if counts else ""
+    typer.echo(f"version {manifest.version}: {manifest.count} docs{reuse} -> {root}/current")
 
 
 @app.command("publish")

@@ -8,6 +8,7 @@
   kernel when a writer is killed) for seconds at most. A rebuild embeds into ``ROOT/.next`` (resumable, see
   :mod:`index.build`) holding only ``ROOT/.build.lock`` (one rebuild at a time), then takes ``ROOT/.lock`` to
   rename it into ``versions/`` and repoint ``current``: a rebuild killed at any step leaves ``current`` as it was.
+  Rebuilds keep a document-level embedding cache in ``ROOT/.embeddings`` and embed only new or changed texts.
 * A rebuild refuses to make current an index of another embedding space than the bundle's (or, without a
   bundle, the current version's) unless forced: pods serving that bundle would refuse it.
 * ``SCALINGNOTE_FAILPOINT=set_current`` makes a writer stop itself (``SIGSTOP``) right after repointing
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from scalingnote.artifacts import (
+    DOCS_FILE,
     EmbeddingSpace,
     IndexManifest,
     check_space,
@@ -42,6 +45,7 @@ VERSIONS = "versions"
 CURRENT = "current"
 NEXT = ".next"
 LOCK = ".lock"
+EMBEDDINGS = ".embeddings"  # the rebuilds' embedding cache (index.embed_cache); survives successful builds
 FAILPOINT_ENV = "SCALINGNOTE_FAILPOINT"
 BUILD_LOCK = ".build.lock"
 LOCK_POLL_S = 0.05
@@ -268,6 +272,13 @@ def _target_space(root: Path, bundle: Path | None) -> tuple[EmbeddingSpace, str]
     return read_index_manifest(current_path(root)).space, f"the current version of {root}"
 
 
+def _current_ids(root: Path) -> list[str] | None:
+    """The document ids of the current version (None without one)."""
+    if current_version(root) is None:
+        return None
+    return json.loads((current_path(root) / DOCS_FILE).read_text(encoding="utf-8"))["ids"]
+
+
 def check_rebuild_space(root: Path, doc_encoder: str, bundle: Path | None = None) -> None:
     """Refuse (before embedding) a doc tower whose space is not the one the served bundle targets."""
     from scalingnote.specs import doc_space, resolve
@@ -288,11 +299,13 @@ def rebuild(
     keep: int = 3,
     bundle: Path | None = None,
     force: bool = False,
+    embed_cache: bool = True,
     **build_kwargs: object,
 ) -> IndexManifest:
     """Build a new version with :func:`index.build.build_index` (torch) and make it current.
 
     Embedding runs under ``ROOT/.build.lock`` only; ``ROOT/.lock`` is held just to adopt the result.
+    ``embed_cache``: reuse the vectors of unchanged documents from ``ROOT/.embeddings`` (and add the new ones).
     """
     from scalingnote.index.build import build_index
 
@@ -302,7 +315,14 @@ def rebuild(
         if not force:
             check_rebuild_space(root, doc_encoder, bundle)
         _remove(list(root.glob(f".{NEXT}.tmp-*")))  # staging of a killed rebuild (never ..next.partial)
-        manifest = build_index(dataset, doc_encoder, root / NEXT, **build_kwargs)  # type: ignore[arg-type]
+        manifest = build_index(
+            dataset,
+            doc_encoder,
+            root / NEXT,
+            embed_cache=root / EMBEDDINGS if embed_cache else None,
+            previous_ids=_current_ids(root),
+            **build_kwargs,  # type: ignore[arg-type]
+        )
         with locked(root):
             _clean_stale(root)
             _adopt(root, root / NEXT, manifest, keep)

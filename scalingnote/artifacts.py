@@ -82,6 +82,15 @@ class TowerMeta(BaseModel):
     teacher: str = ""
 
 
+class VectorCounts(BaseModel):
+    """How an index's vectors came about: embedded now, reused from the embedding cache, and how many of the
+    previous version's documents it dropped (None: no previous version to compare with)."""
+
+    embedded: int
+    reused: int
+    dropped: int | None = None
+
+
 class IndexManifest(BaseModel):
     format: Literal["scalingnote-index/1"] = "scalingnote-index/1"
     version: str
@@ -93,6 +102,7 @@ class IndexManifest(BaseModel):
     dataset: str = ""
     created_at: str
     files: dict[str, str]
+    vectors: VectorCounts | None = None
 
 
 class BundleManifest(BaseModel):

@@ -286,7 +286,11 @@ def rerun(cmd: list[str], timeout: float) -> dict:
 
 def leftovers(root: Path) -> list[str]:
     """Staging, partial and hidden entries still in the root (none should survive a finished writer)."""
-    names = [p.name for p in root.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".build.lock")]
+    names = [
+        p.name
+        for p in root.iterdir()
+        if p.name.startswith(".") and p.name not in (".lock", ".build.lock", versions.EMBEDDINGS)
+    ]
     return sorted(names + [f"versions/{p.name}" for p in versions.versions_dir(root).glob(".*")])
 
 
