@@ -4,8 +4,8 @@ Requests queue on the event loop; one worker task takes up to ``max_batch_size``
 most ``max_wait_us`` for more to arrive, and runs encode + search on a dedicated inference thread, so the
 event loop never blocks. While a batch runs, the next one forms. A request is refused at once
 (:class:`Overloaded`, answered 429 + Retry-After) above ``max_queue`` queued queries, or when the queued
-queries times the measured per-query time (EWMA) exceed ``queue_budget_s`` and have for ``overload_interval_s``
-(:class:`SustainedOverload`: a short stall is waited out, sustained overload is refused).
+queries (more than one batch) times the measured per-query time (EWMA) exceed ``queue_budget_s`` and have for
+``overload_interval_s`` (:class:`SustainedOverload`: a short stall is waited out, sustained overload refused).
 
 Supervision: a worker task that dies is restarted (logged); :attr:`Batcher.stalled` says that work is
 waiting and no batch has finished for ``stall_after_s`` (a wedged inference call), for ``/readyz``.
@@ -196,7 +196,8 @@ class Batcher:
         """Why ``queries`` more would be refused (counted as rejected), or None: over ``max_queue`` queued
         queries, or an expected wait over the budget (sustained: :class:`SustainedOverload`)."""
         wait = self._depth * (self._per_query or 0.0)
-        over = self.queue_budget is not None and wait > self.queue_budget
+        # a queue of at most one batch is no overload: the next batch takes it all
+        over = self.queue_budget is not None and self._depth > self.max_batch_size and wait > self.queue_budget
         shedding = self._overload.update(over, time.monotonic())
         if self._depth + queries > self.max_queue:
             refused = Overloaded(retry_after=1)
