@@ -137,10 +137,11 @@ def build_index(
     if max_length is not None:
         tower.set_max_length(max_length)
     enc = tower.meta.encoder
-    key = _fingerprint(docs, [space.sha256, enc.model_dump_json(), str(shard_size), str(tower.resolve_dtype(dtype))])
+    embedding = [space.sha256, enc.model_dump_json(), str(tower.resolve_dtype(dtype))]  # what a vector depends on
+    key = _fingerprint(docs, [*embedding, str(shard_size)])
     work = work_dir(out)
-    tower_key = hashlib.sha256(f"{space.sha256}\x1f{enc.model_dump_json()}\x1f{tower.resolve_dtype(dtype)}".encode())
-    cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key.hexdigest()[:24])
+    tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
+    cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key)
     vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
     index = faiss_backend.build(vectors, factory)
     tmp = staging_dir(out)

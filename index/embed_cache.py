@@ -54,10 +54,10 @@ class EmbeddingCache:
             out[list(idx)] = part[list(rows)]
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
-    def add(self, hashes: list[str], vectors: np.ndarray) -> None:
-        """Append a part (atomically) holding ``vectors`` under ``hashes``."""
+    def add(self, hashes: list[str], vectors: np.ndarray) -> Path | None:
+        """Append a part (atomically) holding ``vectors`` under ``hashes``; returns its ``.npy`` (None: empty)."""
         if not hashes:
-            return
+            return None
         n = max((int(p.stem) for p in self.dir.glob("[0-9]*.npy")), default=-1) + 1
         npy, keys = self.dir / f"{n:06d}.npy", self.dir / f"{n:06d}.keys"
         tmp = self.dir / f".{n:06d}.{os.getpid()}.tmp.npy"
@@ -68,6 +68,7 @@ class EmbeddingCache:
         os.replace(tmp_keys, keys)  # the keys file makes the part visible: written last
         for row, h in enumerate(hashes):
             self._where[h] = (npy, row)
+        return npy
 
     def compact(self, used: list[str]) -> bool:
         """Keep only ``used`` (the last build's documents) once the parts hold ``COMPACT_RATIO``× as many rows."""
@@ -76,8 +77,8 @@ class EmbeddingCache:
         keep = list(dict.fromkeys(h for h in used if h in self._where))
         vectors = self.get(keep)
         old = sorted(self.dir.glob("[0-9]*.*"))
-        self.add(keep, vectors)
-        fresh = {self._where[keep[0]][0], self._where[keep[0]][0].with_suffix(".keys")} if keep else set()
+        part = self.add(keep, vectors)
+        fresh = set() if part is None else {part, part.with_suffix(".keys")}
         for path in old:  # sorted: a part's .keys (what makes it visible) goes before its .npy
             if path not in fresh:
                 path.unlink()
