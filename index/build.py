@@ -24,6 +24,7 @@ from scalingnote.artifacts import (
     INDEX_FILE,
     INDEX_MANIFEST,
     TOWER_JSON,
+    EmbeddingSpace,
     EncoderConfig,
     IndexManifest,
     TowerMeta,
@@ -108,6 +109,38 @@ def embed_shards(
     return np.concatenate(parts), embedded
 
 
+def _publish(
+    vectors: np.ndarray,
+    docs: list[Document],
+    out: Path,
+    factory: str,
+    space: EmbeddingSpace,
+    enc: EncoderConfig,
+    dataset: Path,
+    counts: VectorCounts,
+) -> IndexManifest:
+    """Build the FAISS index of ``vectors`` and publish it with its doc list and manifest at ``out``."""
+    index = faiss_backend.build(vectors, factory)
+    tmp = staging_dir(out)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    docs_json = {"ids": [d.id for d in docs], "titles": [d.title for d in docs]}
+    (tmp / DOCS_FILE).write_text(json.dumps(docs_json, ensure_ascii=False), encoding="utf-8")
+    manifest = IndexManifest(
+        version=new_version_id(),
+        space=space,
+        encoder=enc,
+        count=index.ntotal,
+        factory=factory,
+        dataset=str(dataset.resolve()),
+        created_at=now_iso(),
+        files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
+        vectors=counts,
+    )
+    write_manifest(tmp, INDEX_MANIFEST, manifest)
+    publish_dir(tmp, out)
+    return manifest
+
+
 def build_index(
     dataset: Path,
     doc_encoder: str,
@@ -143,28 +176,12 @@ def build_index(
     tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
     cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key)
     vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
-    index = faiss_backend.build(vectors, factory)
-    tmp = staging_dir(out)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    docs_json = {"ids": [d.id for d in docs], "titles": [d.title for d in docs]}
-    (tmp / DOCS_FILE).write_text(json.dumps(docs_json, ensure_ascii=False), encoding="utf-8")
-    manifest = IndexManifest(
-        version=new_version_id(),
-        space=space,
-        encoder=enc,
-        count=index.ntotal,
-        factory=factory,
-        dataset=str(dataset.resolve()),
-        created_at=now_iso(),
-        files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
-        vectors=VectorCounts(
-            embedded=embedded,
-            reused=len(docs) - embedded,
-            dropped=None if previous_ids is None else len(set(previous_ids) - {d.id for d in docs}),
-        ),
+    counts = VectorCounts(
+        embedded=embedded,
+        reused=len(docs) - embedded,
+        dropped=None if previous_ids is None else len(set(previous_ids) - {d.id for d in docs}),
     )
-    write_manifest(tmp, INDEX_MANIFEST, manifest)
-    publish_dir(tmp, out)
+    manifest = _publish(vectors, docs, out, factory, space, enc, dataset, counts)
     shutil.rmtree(work, ignore_errors=True)
     if cache is not None:
         cache.compact([text_hash(d.full_text) for d in docs])
