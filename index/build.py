@@ -42,6 +42,7 @@ from scalingnote.beir import Document, load_corpus
 from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import faiss_backend
 from scalingnote.index.embed_cache import EmbeddingCache, text_hash
+from scalingnote.index.ray_build import RayOptions, embed_with_ray
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
 from scalingnote.paths import index_cache_root
 from scalingnote.specs import EncoderRef, doc_space, resolve
@@ -109,6 +110,28 @@ def embed_shards(
     return np.concatenate(parts), embedded
 
 
+def _embed_on_ray(
+    dataset: Path,
+    docs: list[Document],
+    ref: EncoderRef,
+    tower: Tower,
+    dtype: Dtype,
+    cache: EmbeddingCache | None,
+    work: Path,
+    options: RayOptions,
+    sizes: tuple[int, int],
+    progress: bool,
+) -> tuple[np.ndarray, int]:
+    """:func:`index.ray_build.embed_with_ray` with this build's tower settings; without an embedding cache the
+    build keeps its own in the work dir (so a killed Ray build resumes too)."""
+    work.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        cache = EmbeddingCache(work / "embeddings", "build")
+    resolved = "bf16" if str(tower.resolve_dtype(dtype)) == "torch.bfloat16" else "fp32"
+    corpus, path, length = dataset / "corpus.jsonl", ref.tower_path("doc"), tower.meta.encoder.max_length
+    return embed_with_ray(corpus, docs, path, ref.id, length, resolved, cache, work, *sizes, options, progress)
+
+
 def _publish(
     vectors: np.ndarray,
     docs: list[Document],
@@ -154,11 +177,13 @@ def build_index(
     max_length: int | None = None,
     embed_cache: Path | None = None,
     previous_ids: list[str] | None = None,
+    ray: RayOptions | None = None,
 ) -> IndexManifest:
     """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``.
 
     ``embed_cache``: the embedding cache root (vectors of unchanged texts are reused); ``previous_ids``: the
-    documents of the version this one replaces, to count the dropped ones in the manifest."""
+    documents of the version this one replaces, to count the dropped ones in the manifest; ``ray``: embed on
+    Ray Data (:mod:`index.ray_build`) instead of in this process."""
     dataset, out = Path(dataset), Path(out)
     if not dataset.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset}")
@@ -175,7 +200,11 @@ def build_index(
     work = work_dir(out)
     tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
     cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key)
-    vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
+    if ray is None:
+        vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
+    else:
+        sizes = (batch_size, shard_size)
+        vectors, embedded = _embed_on_ray(dataset, docs, ref, tower, dtype, cache, work, ray, sizes, progress)
     counts = VectorCounts(
         embedded=embedded,
         reused=len(docs) - embedded,

@@ -7,6 +7,9 @@ import numpy as np
 
 from scalingnote.errors import UserError
 
+TRAIN_SIZE = 200_000  # k-means and PQ training sample (FAISS itself samples 256 points per centroid)
+ADD_CHUNK = 65_536
+
 
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -26,17 +29,22 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
     return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex) else index
 
 
-def build(vectors: np.ndarray, factory: str = "Flat") -> faiss.Index:
-    """An inner-product index made by ``faiss.index_factory(dim, factory)``, trained and filled."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+def build(
+    vectors: np.ndarray, factory: str = "Flat", train_size: int = TRAIN_SIZE, chunk: int = ADD_CHUNK
+) -> faiss.Index:
+    """An inner-product index made by ``faiss.index_factory(dim, factory)``: trained (IVF, PQ …) on a seeded
+    sample of at most ``train_size`` vectors, then filled ``chunk`` rows at a time (``vectors`` may be a memmap)."""
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise UserError(f"invalid FAISS index factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
     index = _to_gpu(index)
     if not index.is_trained:
-        index.train(vectors)
-    index.add(vectors)
+        n = len(vectors)
+        rows = np.sort(np.random.default_rng(0).choice(n, train_size, replace=False)) if n > train_size else slice(None)
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    for start in range(0, len(vectors), chunk):
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
     return to_cpu(index)
 
 
