@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+if TYPE_CHECKING:
+    from scalingnote.index.ray_build import RayOptions
 
 app = typer.Typer(no_args_is_help=True, help="Build and manage FAISS indexes of doc-tower embeddings.")
 
@@ -21,6 +24,36 @@ MaxLength = Annotated[int | None, typer.Option(min=8, help="Doc token budget (de
 Keep = Annotated[
     int, typer.Option(min=1, envvar="SCALINGNOTE_KEEP_VERSIONS", help="Versions to keep (current never goes).")
 ]
+Engine = Annotated[
+    Literal["local", "ray"],
+    typer.Option(help="Where to embed: this process, or Ray Data actors (the `scale` extra)."),
+]
+RayAddress = Annotated[
+    str | None, typer.Option(envvar="RAY_ADDRESS", help="--engine ray: the cluster (default: a local Ray).")
+]
+RayActors = Annotated[
+    int | None, typer.Option(min=1, help="--engine ray: doc-tower actors (default: one per GPU, else per CPU).")
+]
+RayActorCpus = Annotated[int, typer.Option(min=1, help="--engine ray: CPUs (torch threads) per actor.")]
+
+
+def _ray(engine: str, address: str | None, actors: int | None, cpus: int) -> RayOptions | None:
+    """The build's ``ray`` argument: None for the in-process engine."""
+    from scalingnote.index.ray_build import RayOptions
+
+    return RayOptions(address, actors, cpus) if engine == "ray" else None
+
+
+Backend = Annotated[
+    Literal["faiss", "milvus"],
+    typer.Option(envvar="SCALINGNOTE_BACKEND", help="milvus: also serve each version as a Milvus collection (alias)."),
+]
+MilvusUri = Annotated[
+    str | None, typer.Option(envvar="SCALINGNOTE_MILVUS_URI", help="Milvus: a Lite .db file or http://host:port.")
+]
+MilvusAlias = Annotated[
+    str, typer.Option(envvar="SCALINGNOTE_MILVUS_ALIAS", help="Milvus alias moved with ROOT/current.")
+]
 
 
 @app.command("build")
@@ -33,12 +66,17 @@ def build_command(
     shard_size: ShardSize = 1024,
     dtype: DtypeOpt = "auto",
     max_length: MaxLength = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
+    ray_actor_cpus: RayActorCpus = 1,
 ) -> None:
     """Embed a corpus with the doc tower and publish index.faiss + docs.json + manifest.json."""
     from scalingnote.index.build import build_index
 
+    ray = _ray(engine, ray_address, ray_actors, ray_actor_cpus)
     manifest = build_index(
-        dataset, doc_encoder, out, index_factory, batch_size, shard_size, dtype, max_length=max_length
+        dataset, doc_encoder, out, index_factory, batch_size, shard_size, dtype, max_length=max_length, ray=ray
     )
     typer.echo(f"indexed {manifest.count} docs (dim {manifest.space.dim}, {manifest.factory}) -> {out}")
 
@@ -66,10 +104,19 @@ def rebuild_command(
         bool,
         typer.Option(help="Embed only new or changed documents; reuse the rest from ROOT/.embeddings."),
     ] = True,
+    backend: Backend = "faiss",
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = "scalingnote",
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
+    ray_actor_cpus: RayActorCpus = 1,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
+    from scalingnote.index.milvus_backend import store_for
     from scalingnote.index.versions import rebuild
 
+    milvus = store_for(backend, milvus_uri, milvus_alias)
     manifest = rebuild(
         root,
         dataset,
@@ -81,9 +128,13 @@ def rebuild_command(
         batch_size=batch_size,
         shard_size=shard_size,
         embed_cache=embed_cache,
+        before_adopt=milvus.write if milvus else None,
         dtype=dtype,
         max_length=max_length,
+        ray=_ray(engine, ray_address, ray_actors, ray_actor_cpus),
     )
+    if milvus:
+        typer.echo(f"alias {milvus.alias} -> {milvus.sync(root)}")
     counts = manifest.vectors
     reuse = f" ({counts.embedded} embedded, {counts.reused} reused, {counts.dropped} dropped)" if counts else ""
     typer.echo(f"version {manifest.version}: {manifest.count} docs{reuse} -> {root}/current")
@@ -94,11 +145,18 @@ def publish_command(
     index: Annotated[Path, typer.Option(help="A built index directory (scalingnote index build --out).")],
     root: Annotated[Path, typer.Option(help="Index root to adopt it into as a new version (made current).")],
     keep: Keep = 3,
+    backend: Backend = "faiss",
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = "scalingnote",
 ) -> None:
     """Adopt an already-built index directory as the current version of an index root."""
+    from scalingnote.index.milvus_backend import store_for
     from scalingnote.index.versions import publish_version
 
+    milvus = store_for(backend, milvus_uri, milvus_alias)
     manifest = publish_version(index, root, keep)
+    if milvus:
+        typer.echo(f"alias {milvus.alias} -> {milvus.sync(root)}")
     typer.echo(f"version {manifest.version}: {manifest.count} docs -> {root}/current")
 
 
@@ -106,8 +164,15 @@ def publish_command(
 def rollback_command(
     root: Annotated[Path, typer.Option(help="Index root whose ROOT/current is repointed.")],
     version: Annotated[str | None, typer.Option(help="Version id to make current (default: the previous one).")] = None,
+    backend: Backend = "faiss",
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = "scalingnote",
 ) -> None:
-    """Repoint ROOT/current at the previous version (or --version); the services follow on their next poll."""
+    """Repoint ROOT/current (and the Milvus alias) at the previous version (or --version); services follow."""
+    from scalingnote.index.milvus_backend import store_for
     from scalingnote.index.versions import rollback
 
+    milvus = store_for(backend, milvus_uri, milvus_alias)
     typer.echo(f"current -> {rollback(root, version)} ({root})")
+    if milvus:
+        typer.echo(f"alias {milvus.alias} -> {milvus.sync(root)}")

@@ -53,6 +53,10 @@ class LoadedIndex:
     def dim(self) -> int:
         return self.manifest.space.dim
 
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` scores and row numbers (-1 where fewer than ``k`` exist) for each query vector."""
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.manifest.count))

@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -300,12 +300,14 @@ def rebuild(
     bundle: Path | None = None,
     force: bool = False,
     embed_cache: bool = True,
+    before_adopt: Callable[[Path], object] | None = None,
     **build_kwargs: object,
 ) -> IndexManifest:
     """Build a new version with :func:`index.build.build_index` (torch) and make it current.
 
     Embedding runs under ``ROOT/.build.lock`` only; ``ROOT/.lock`` is held just to adopt the result.
     ``embed_cache``: reuse the vectors of unchanged documents from ``ROOT/.embeddings`` (and add the new ones).
+    ``before_adopt``: called with the built index dir before it is adopted (e.g. to write its Milvus collection).
     """
     from scalingnote.index.build import build_index
 
@@ -323,6 +325,8 @@ def rebuild(
             previous_ids=_current_ids(root),
             **build_kwargs,  # type: ignore[arg-type]
         )
+        if before_adopt is not None:
+            before_adopt(root / NEXT)
         with locked(root):
             _clean_stale(root)
             _adopt(root, root / NEXT, manifest, keep)

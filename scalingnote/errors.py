@@ -24,6 +24,10 @@ class SpaceMismatchError(UserError):
     """A query encoder does not embed into the space of the index it is asked to search."""
 
 
+class BackendError(UserError):
+    """A search backend (Milvus) is not installed, unreachable, or lacks the alias or collection asked for."""
+
+
 def validation_message(exc: ValidationError, limit: int = 3) -> str:
     """A pydantic ``ValidationError`` on one line: ``field.path: message; …`` (at most ``limit`` errors)."""
     errors = exc.errors()

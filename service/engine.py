@@ -19,6 +19,7 @@ import numpy as np
 from scalingnote.artifacts import check_space, read_bundle_manifest, read_index_manifest
 from scalingnote.errors import ArtifactError, UserError
 from scalingnote.index import versions
+from scalingnote.index.backend import SearchIndex
 from scalingnote.index.store import Hit, LoadedIndex
 from scalingnote.runtime.bundle import BundleEncoder
 from scalingnote.service.settings import Settings
@@ -42,7 +43,7 @@ class BatchOutput:
 class Generation:
     """One loaded index version."""
 
-    index: LoadedIndex | None
+    index: SearchIndex | None
     version: str
     name: str
     docs: int
@@ -68,16 +69,17 @@ class Engine:
         """Load bundle and index named by ``settings``; raises :class:`UserError` with a clear message."""
         if settings.bundle is None:
             raise UserError("no model bundle: pass --bundle or set SCALINGNOTE_BUNDLE")
+        if settings.backend == "milvus":
+            from scalingnote.service.milvus_engine import MilvusEngine
+
+            return MilvusEngine.from_settings(settings)
         if settings.index_root is None:
             raise UserError("no index: pass --index or set SCALINGNOTE_INDEX_ROOT")
         index_path = Path(settings.index_root)
         if not versions.is_root(index_path):  # a static index: check its space before loading the ONNX graph
             encoder_space = read_bundle_manifest(settings.bundle).space
             check_space(encoder_space, read_index_manifest(index_path).space, what=f"bundle {settings.bundle}")
-        encoder = BundleEncoder(
-            settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
-        )
-        return cls(encoder, index_path, settings.verify_checksums, settings.lock_timeout_s)
+        return cls(bundle_encoder(settings), index_path, settings.verify_checksums, settings.lock_timeout_s)
 
     def _open_serving(self) -> Generation:
         """The first valid version of :func:`versions.serving_order` (``current``, else the newest older one)."""
@@ -100,6 +102,15 @@ class Engine:
     def current(self) -> Generation:
         return self._current
 
+    @property
+    def follows(self) -> bool:
+        """Whether there is a pointer to follow and versions to roll back to (an index root)."""
+        return self.is_root
+
+    def available_versions(self) -> list[str]:
+        """The versions one may reload or roll back to, oldest first."""
+        return versions.list_versions(self.index_path) if self.is_root else []
+
     def _target(self, version: str | None) -> Path:
         if not self.is_root:
             if version is not None:
@@ -115,7 +126,7 @@ class Engine:
         self.self_check(index)
         return Generation(index, manifest.version, Path(path).name, manifest.count)
 
-    def self_check(self, index: LoadedIndex) -> None:
+    def self_check(self, index: SearchIndex) -> None:
         """Encode a fixed query and search ``index``: finite unit vector of the right dim, valid top hit."""
         vectors, _ = self.encoder.encode_with_flags([SELF_CHECK_QUERY])
         if vectors.shape != (1, index.dim) or not np.isfinite(vectors).all():
@@ -123,10 +134,10 @@ class Engine:
         if self.encoder.manifest.encoder.normalize and abs(float(np.linalg.norm(vectors)) - 1.0) > 1e-3:
             raise ArtifactError("self-check failed: the bundle's query vector is not L2-normalised")
         if index.manifest.count == 0:
-            raise ArtifactError(f"self-check failed: {index.path} holds no documents")
-        scores, rows = index.search(vectors, 1)
-        if not (0 <= rows[0, 0] < index.manifest.count) or not np.isfinite(scores).all():
-            raise ArtifactError(f"self-check failed: {index.path} returned no valid hit")
+            raise ArtifactError(f"self-check failed: {index.source} holds no documents")
+        (top,) = index.hits(vectors, 1)
+        if len(top) != 1 or not np.isfinite(top[0].score):
+            raise ArtifactError(f"self-check failed: {index.source} returned no valid hit")
 
     @contextmanager
     def lease(self) -> Iterator[Generation]:
@@ -202,8 +213,16 @@ class Engine:
             return BatchOutput(hits_by_k(index, vectors, ks), truncated, gen.version)
 
 
-def hits_by_k(index: LoadedIndex, vectors: np.ndarray, ks: list[int]) -> list[list[Hit]]:
-    """One FAISS search per distinct k, over only the queries that asked for it (a large k costs only its own)."""
+def bundle_encoder(settings: Settings) -> BundleEncoder:
+    """The ONNX query encoder of ``settings.bundle`` (checked not None by the caller)."""
+    assert settings.bundle is not None
+    return BundleEncoder(
+        settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
+    )
+
+
+def hits_by_k(index: SearchIndex, vectors: np.ndarray, ks: list[int]) -> list[list[Hit]]:
+    """One search per distinct k, over only the queries that asked for it (a large k costs only its own)."""
     hits: list[list[Hit]] = [[] for _ in ks]
     for k in sorted(set(ks)):
         rows = [i for i, want in enumerate(ks) if want == k]

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from fastapi import HTTPException, status
 
 from scalingnote.errors import UserError
-from scalingnote.index import versions
 from scalingnote.service.batcher import Batcher
 from scalingnote.service.deps import ServiceState
 from scalingnote.service.engine import Engine, Generation
@@ -66,7 +65,7 @@ def _response(state: ServiceState, swapped: tuple[Generation, Generation] | None
     assert state.engine is not None
     engine = state.engine
     gen = engine.current
-    on_disk = versions.list_versions(engine.index_path) if engine.is_root else []
+    on_disk = engine.available_versions()
     if swapped is None:
         return ReloadResponse(
             index_version=gen.version, docs=gen.docs, versions=on_disk, previous_version=None, changed=False
@@ -108,11 +107,11 @@ async def reload_index(state: ServiceState, version: str | None) -> ReloadRespon
 
 
 async def rollback_index(state: ServiceState) -> ReloadResponse:
-    return await _swap(state, Engine.rollback)
+    return await _swap(state, lambda engine: engine.rollback())
 
 
 async def poll(state: ServiceState) -> None:
-    """Follow ``ROOT/current`` until cancelled; any failure is logged and polling goes on."""
+    """Follow ``ROOT/current`` (or the Milvus alias) until cancelled; any failure is logged and polling goes on."""
     while True:
         await asyncio.sleep(state.settings.reload_poll_seconds)
         try:
@@ -128,7 +127,7 @@ async def _poll_once(state: ServiceState) -> None:
     engine = state.engine
     if engine is None or not state.ready or state.reload_lock.locked():
         return
-    target = engine.watch_target()
+    target = await asyncio.to_thread(engine.watch_target)  # a Milvus alias is a network call
     if target is None or target == engine.current.name or target == state.rejected_target:
         return
     try:
@@ -140,9 +139,9 @@ async def _poll_once(state: ServiceState) -> None:
 
 @contextlib.asynccontextmanager
 async def poller(state: ServiceState):
-    """Run :func:`poll` for the app's lifetime when serving an index root with polling on."""
+    """Run :func:`poll` for the app's lifetime when following an index root or alias with polling on."""
     engine = state.engine
-    if engine is None or not engine.is_root or state.settings.reload_poll_seconds <= 0:
+    if engine is None or not engine.follows or state.settings.reload_poll_seconds <= 0:
         yield
         return
     task = asyncio.create_task(poll(state), name="scalingnote-index-poller")

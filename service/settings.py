@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scalingnote.index.milvus_backend import ALIAS_PATTERN, DEFAULT_ALIAS
 
 MIN_API_KEY_LENGTH = 32
 
@@ -20,6 +22,13 @@ class Settings(BaseSettings):
     index_root: Path | None = Field(
         None, description="Index root (ROOT/versions/<id> + ROOT/current) or a plain, static index directory."
     )
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: the index's FAISS files; milvus: the collection MILVUS_ALIAS points to."
+    )
+    milvus_uri: str | None = Field(
+        None, description="A Milvus Lite .db file (one process only), or http://host:port (Lite server, cluster)."
+    )
+    milvus_alias: str = Field(DEFAULT_ALIAS, pattern=ALIAS_PATTERN, description="Milvus alias the service follows.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(
@@ -84,6 +93,12 @@ class Settings(BaseSettings):
     def _queue_holds_a_batch_request(self) -> Self:
         if self.max_queue < self.max_batch_queries:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_batch_queries ({self.max_batch_queries})")
+        return self
+
+    @model_validator(mode="after")
+    def _milvus_needs_a_uri(self) -> Self:
+        if self.backend == "milvus" and not self.milvus_uri:
+            raise ValueError("backend milvus needs milvus_uri (SCALINGNOTE_MILVUS_URI: a .db file or http://host:port)")
         return self
 
     @model_validator(mode="after")

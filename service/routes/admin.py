@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from scalingnote.index import versions
 from scalingnote.service.deps import EngineDep, StateDep, require_api_key
 from scalingnote.service.lifecycle import reload_index, rollback_index
 from scalingnote.service.schemas import ErrorBody, IndexState, ReloadRequest, ReloadResponse
@@ -24,7 +23,7 @@ ERRORS: dict[int | str, dict] = {
 async def index_state(engine: EngineDep) -> IndexState:
     """The served version, its doc count and the versions on disk."""
     gen = engine.current
-    on_disk = versions.list_versions(engine.index_path) if engine.is_root else []
+    on_disk = engine.available_versions()
     return IndexState(index_version=gen.version, docs=gen.docs, versions=on_disk)
 
 

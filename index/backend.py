@@ -1,0 +1,28 @@
+"""The search-backend seam: what serving needs of an index; FAISS ``LoadedIndex`` and ``MilvusIndex`` both fit."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from scalingnote.artifacts import IndexManifest
+from scalingnote.index.store import Hit
+
+
+class SearchIndex(Protocol):
+    """One loaded index version: its manifest, dimension, where it lives, and top-k search."""
+
+    manifest: IndexManifest
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def source(self) -> str:
+        """Where the index lives, for messages (a directory, a Milvus collection)."""
+        ...
+
+    def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` documents of each query vector, best first."""
+        ...
