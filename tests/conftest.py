@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -255,6 +256,30 @@ def loadgen() -> ModuleType:
     spec.loader.exec_module(module)
     module.BINARY = module.build()
     return module
+
+
+def assert_swap_under_load(
+    loadgen: ModuleType, server: Server, bodies: Path, old: str, swap: Callable[[], str]
+) -> None:
+    """Run 100 req/s for 6 s, call ``swap`` (it returns the new version) after 1 s: no request may fail, and
+    ``index_version`` must go from ``old`` to the new version once, mid-run."""
+    result: dict = {}
+    load = threading.Thread(
+        target=lambda: result.update(
+            run=loadgen.run(loadgen.BINARY, server.port, bodies, rate=100, duration=6, capture="index_version")
+        )
+    )
+    load.start()
+    time.sleep(1.0)
+    new = swap()
+    load.join(60)
+    run = result["run"]
+    assert run.failed == 0, run.stats()
+    assert len(run.status) == 600
+    served = [v for v in run.captured if v]
+    assert served[0] == old and served[-1] == new, "index_version changed under load"
+    assert served.index(new) > 0 and set(served) == {old, new}
+    assert server.search()["index_version"] == new
 
 
 def index_root(path: Path, *indexes: Path) -> Path:

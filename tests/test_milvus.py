@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,16 @@ from scalingnote.index.milvus_backend import MilvusIndex, MilvusStore, collectio
 from scalingnote.index.store import LoadedIndex
 from scalingnote.service.app import create_app
 from scalingnote.service.settings import Settings
-from tests.conftest import REPO, SCALINGNOTE, Space, free_port, index_root, run_cli, server_env
+from tests.conftest import (
+    REPO,
+    SCALINGNOTE,
+    Space,
+    assert_swap_under_load,
+    free_port,
+    index_root,
+    run_cli,
+    server_env,
+)
 from tests.test_faults_index import copy_as_version
 
 API_KEY = "milvus-test-key-0123456789abcdef0123"
@@ -160,24 +168,13 @@ def test_alias_swap_under_load_fails_no_request(
     bodies = loadgen.write_bodies(tmp_path / "bodies.jsonl", [{"query": f"gene {w} risk", "k": 10} for w in range(50)])
     milvus = {"backend": "milvus", "milvus_uri": store.uri, "milvus_alias": store.alias}
     with serve(tiny.bundle, root, reload_poll_seconds=0.2, queue_budget_ms=5000, **milvus) as server:
-        result: dict = {}
-        load = threading.Thread(
-            target=lambda: result.update(
-                run=loadgen.run(loadgen.BINARY, server.port, bodies, rate=100, duration=6, capture="index_version")
-            )
-        )
-        load.start()
-        time.sleep(1.0)
-        new = versions.rebuild(root, second_corpus, str(tiny.model), before_adopt=store.write, progress=False).version
-        store.sync(root)
-        load.join(60)
-        run = result["run"]
-        assert run.failed == 0, run.stats()
-        assert len(run.status) == 600
-        served = [v for v in run.captured if v]
-        assert served[0] == old and served[-1] == new, "index_version changed under load"
-        assert served.index(new) > 0 and set(served) == {old, new}
-        assert server.search()["index_version"] == new
+
+        def swap() -> str:
+            new = versions.rebuild(root, second_corpus, str(tiny.model), before_adopt=store.write, progress=False)
+            store.sync(root)
+            return new.version
+
+        assert_swap_under_load(loadgen, server, bodies, old, swap)
         assert "index swapped" in server.log.read_text()
 
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +18,7 @@ import httpx
 from scalingnote.artifacts import read_index_manifest
 from scalingnote.index import versions
 from scalingnote.index.build import work_dir
-from tests.conftest import Space, index_root, run_cli, write_corpus
+from tests.conftest import Space, assert_swap_under_load, index_root, run_cli, write_corpus
 
 API_KEY = "server-test-key-0123456789abcdef0123"
 ADMIN = {"X-API-Key": API_KEY}
@@ -96,23 +95,11 @@ def test_rebuild_and_swap_under_load_fail_no_request(
     old = versions.current_version(root)
     bodies = loadgen.write_bodies(tmp_path / "bodies.jsonl", [{"query": f"gene {w} risk", "k": 10} for w in range(50)])
     with serve(tiny.bundle, root, reload_poll_seconds=0.2, queue_budget_ms=5000) as server:  # swap, not admission
-        result: dict = {}
-        load = threading.Thread(
-            target=lambda: result.update(
-                run=loadgen.run(loadgen.BINARY, server.port, bodies, rate=100, duration=6, capture="index_version")
-            )
-        )
-        load.start()
-        time.sleep(1.0)
-        new = versions.rebuild(root, second_corpus, str(tiny.model), progress=False).version
-        load.join(60)
-        run = result["run"]
-        assert run.failed == 0, run.stats()
-        assert len(run.status) == 600
-        served = [v for v in run.captured if v]
-        assert served[0] == old and served[-1] == new, "index_version changed under load"
-        assert served.index(new) > 0 and set(served) == {old, new}
-        assert server.search()["index_version"] == new
+
+        def rebuild() -> str:
+            return versions.rebuild(root, second_corpus, str(tiny.model), progress=False).version
+
+        assert_swap_under_load(loadgen, server, bodies, old, rebuild)
 
 
 def test_reload_onto_mismatched_or_corrupt_index_is_rejected_and_old_serves_on(
