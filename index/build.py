@@ -17,6 +17,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from scalingnote.artifacts import (
@@ -127,7 +128,7 @@ def _embed_on_ray(
     work.mkdir(parents=True, exist_ok=True)
     if cache is None:
         cache = EmbeddingCache(work / "embeddings", "build")
-    resolved = "bf16" if str(tower.resolve_dtype(dtype)) == "torch.bfloat16" else "fp32"
+    resolved = "bf16" if tower.resolve_dtype(dtype) == torch.bfloat16 else "fp32"
     corpus, path, length = dataset / "corpus.jsonl", ref.tower_path("doc"), tower.meta.encoder.max_length
     return embed_with_ray(corpus, docs, path, ref.id, length, resolved, cache, work, *sizes, options, progress)
 
