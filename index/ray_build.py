@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from scalingnote.beir import Document
 from scalingnote.errors import UserError
 from scalingnote.index.embed_cache import EmbeddingCache, text_hash
+from scalingnote.index.versions import FAILPOINT_ENV
 
-FAILPOINT_ENV = "SCALINGNOTE_FAILPOINT"
 FAILPOINT = "embed_batch"
+START_ATTEMPTS = 3  # a local Ray start: a cold raylet can miss Ray's fixed start-up window (seen in CI-like runs)
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,18 @@ def _connect(options: RayOptions) -> dict[str, float]:
         raise UserError("--engine ray needs Ray Data: pip install 'scalingnote[scale]'") from None
     if not ray.is_initialized():
         _check_reachable(options.address)
-        try:
-            ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot reach the Ray cluster at {options.address}: {exc}") from None
+        for attempt in range(START_ATTEMPTS):
+            try:
+                ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+                break
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise UserError(f"cannot reach the Ray cluster at {options.address}: {exc}") from None
+            except Exception as exc:  # Ray raises a bare Exception when a new raylet misses its fixed 30-s window
+                if options.address is not None or "timed out during startup" not in str(exc):
+                    raise
+                if attempt == START_ATTEMPTS - 1:
+                    raise UserError(f"the local Ray node did not start: {exc}") from None
+                ray.shutdown()
     return ray.cluster_resources()
 
 
