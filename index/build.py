@@ -39,9 +39,9 @@ from scalingnote.artifacts import (
     staging_dir,
     write_manifest,
 )
-from scalingnote.beir import Document, load_corpus
+from scalingnote.beir import Document, load_corpus, load_queries
 from scalingnote.errors import DatasetError, UserError
-from scalingnote.index import faiss_backend
+from scalingnote.index import ann_tuning, faiss_backend
 from scalingnote.index.embed_cache import EmbeddingCache, text_hash
 from scalingnote.index.ray_build import RayOptions, embed_with_ray
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
@@ -133,6 +133,22 @@ def _embed_on_ray(
     return embed_with_ray(corpus, docs, path, ref.id, length, resolved, cache, work, *sizes, options, progress)
 
 
+def _tuning_queries(
+    dataset: Path, ref: EncoderRef, doc_tower: Tower, path: Path | None, vectors: np.ndarray, dtype: Dtype
+) -> tuple[np.ndarray, str]:
+    """Held-out query vectors for a recall target: ``path`` (or the dataset's queries.jsonl) embedded by the
+    query tower (the doc tower for a shared one), else a sample of the corpus's own vectors."""
+    path = path or (dataset / "queries.jsonl" if (dataset / "queries.jsonl").is_file() else None)
+    if path is None:
+        return ann_tuning.sample_queries(vectors), "documents sampled from the corpus"
+    texts = list(load_queries(Path(path)).values())
+    if len(texts) > ann_tuning.TUNE_QUERIES:
+        rows = np.random.default_rng(0).choice(len(texts), ann_tuning.TUNE_QUERIES, replace=False)
+        texts = [texts[i] for i in sorted(rows)]
+    tower = Tower.from_pretrained(ref.tower_path("query"), ident=ref.id) if ref.kind == "dual" else doc_tower
+    return tower.encode(texts, 64, dtype), str(path)
+
+
 def _publish(
     vectors: np.ndarray,
     docs: list[Document],
@@ -142,9 +158,12 @@ def _publish(
     enc: EncoderConfig,
     dataset: Path,
     counts: VectorCounts,
+    recall: tuple[float, np.ndarray, str] | None = None,
 ) -> IndexManifest:
-    """Build the FAISS index of ``vectors`` and publish it with its doc list and manifest at ``out``."""
+    """Build the FAISS index of ``vectors`` and publish it with its doc list and manifest at ``out``;
+    ``recall`` (target, held-out query vectors, their source) picks and records its search parameters."""
     index = faiss_backend.build(vectors, factory)
+    search = None if recall is None else ann_tuning.tune(index, vectors, recall[1], recall[0], recall[2])
     tmp = staging_dir(out)
     faiss.write_index(index, str(tmp / INDEX_FILE))
     docs_json = {"ids": [d.id for d in docs], "titles": [d.title for d in docs]}
@@ -159,6 +178,7 @@ def _publish(
         created_at=now_iso(),
         files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
         vectors=counts,
+        search=search,
     )
     write_manifest(tmp, INDEX_MANIFEST, manifest)
     publish_dir(tmp, out)
@@ -179,12 +199,15 @@ def build_index(
     embed_cache: Path | None = None,
     previous_ids: list[str] | None = None,
     ray: RayOptions | None = None,
+    recall_target: float | None = None,
+    tune_queries: Path | None = None,
 ) -> IndexManifest:
     """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``.
 
     ``embed_cache``: the embedding cache root (vectors of unchanged texts are reused); ``previous_ids``: the
     documents of the version this one replaces, to count the dropped ones in the manifest; ``ray``: embed on
-    Ray Data (:mod:`index.ray_build`) instead of in this process."""
+    Ray Data (:mod:`index.ray_build`) instead of in this process; ``recall_target``: choose the ANN search
+    parameters that reach this recall@10 on ``tune_queries`` (:mod:`index.ann_tuning`)."""
     dataset, out = Path(dataset), Path(out)
     if not dataset.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset}")
@@ -211,7 +234,10 @@ def build_index(
         reused=len(docs) - embedded,
         dropped=None if previous_ids is None else len(set(previous_ids) - {d.id for d in docs}),
     )
-    manifest = _publish(vectors, docs, out, factory, space, enc, dataset, counts)
+    recall = None
+    if recall_target is not None:
+        recall = (recall_target, *_tuning_queries(dataset, ref, tower, tune_queries, vectors, dtype))
+    manifest = _publish(vectors, docs, out, factory, space, enc, dataset, counts, recall)
     shutil.rmtree(work, ignore_errors=True)
     if cache is not None:
         cache.compact([text_hash(d.full_text) for d in docs])

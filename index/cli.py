@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 if TYPE_CHECKING:
+    from scalingnote.artifacts import IndexManifest
     from scalingnote.index.ray_build import RayOptions
 
 app = typer.Typer(no_args_is_help=True, help="Build and manage FAISS indexes of doc-tower embeddings.")
@@ -35,6 +36,19 @@ RayActors = Annotated[
     int | None, typer.Option(min=1, help="--engine ray: doc-tower actors (default: one per GPU, else per CPU).")
 ]
 RayActorCpus = Annotated[int, typer.Option(min=1, help="--engine ray: CPUs (torch threads) per actor.")]
+RecallTarget = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="ANN indexes (HNSW, IVF): record the smallest efSearch/nprobe whose recall@10 against exact search "
+        "reaches this on held-out queries; the service applies it.",
+    ),
+]
+TuneQueries = Annotated[
+    Path | None,
+    typer.Option(help="--recall-target: queries (jsonl or qid<TAB>text) to tune on (default: the dataset's)."),
+]
 
 
 def _ray(engine: str, address: str | None, actors: int | None, cpus: int) -> RayOptions | None:
@@ -70,15 +84,37 @@ def build_command(
     ray_address: RayAddress = None,
     ray_actors: RayActors = None,
     ray_actor_cpus: RayActorCpus = 1,
+    recall_target: RecallTarget = None,
+    tune_queries: TuneQueries = None,
 ) -> None:
     """Embed a corpus with the doc tower and publish index.faiss + docs.json + manifest.json."""
     from scalingnote.index.build import build_index
 
     ray = _ray(engine, ray_address, ray_actors, ray_actor_cpus)
     manifest = build_index(
-        dataset, doc_encoder, out, index_factory, batch_size, shard_size, dtype, max_length=max_length, ray=ray
+        dataset,
+        doc_encoder,
+        out,
+        index_factory,
+        batch_size,
+        shard_size,
+        dtype,
+        max_length=max_length,
+        ray=ray,
+        recall_target=recall_target,
+        tune_queries=tune_queries,
     )
-    typer.echo(f"indexed {manifest.count} docs (dim {manifest.space.dim}, {manifest.factory}) -> {out}")
+    shape = f"dim {manifest.space.dim}, {manifest.factory}"
+    typer.echo(f"indexed {manifest.count} docs ({shape}) -> {out}{_tuned(manifest)}")
+
+
+def _tuned(manifest: IndexManifest) -> str:
+    """The recorded search parameters, for the CLI's last line."""
+    search = manifest.search
+    if search is None:
+        return ""
+    params = ", ".join(f"{k}={v}" for k, v in search.params.items()) or "exact search"
+    return f" [{params}: recall@{search.k} {search.recall:.3f} on {search.queries} queries]"
 
 
 @app.command("rebuild")
@@ -111,6 +147,8 @@ def rebuild_command(
     ray_address: RayAddress = None,
     ray_actors: RayActors = None,
     ray_actor_cpus: RayActorCpus = 1,
+    recall_target: RecallTarget = None,
+    tune_queries: TuneQueries = None,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from scalingnote.index.milvus_backend import store_for
@@ -132,12 +170,14 @@ def rebuild_command(
         dtype=dtype,
         max_length=max_length,
         ray=_ray(engine, ray_address, ray_actors, ray_actor_cpus),
+        recall_target=recall_target,
+        tune_queries=tune_queries,
     )
     if milvus:
         typer.echo(f"alias {milvus.alias} -> {milvus.sync(root)}")
     counts = manifest.vectors
     reuse = f" ({counts.embedded} embedded, {counts.reused} reused, {counts.dropped} dropped)" if counts else ""
-    typer.echo(f"version {manifest.version}: {manifest.count} docs{reuse} -> {root}/current")
+    typer.echo(f"version {manifest.version}: {manifest.count} docs{reuse} -> {root}/current{_tuned(manifest)}")
 
 
 @app.command("publish")

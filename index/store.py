@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from scalingnote.artifacts import DOCS_FILE, INDEX_FILE, IndexManifest, read_index_manifest
 from scalingnote.errors import ArtifactError
+from scalingnote.index.ann_tuning import apply
 from scalingnote.index.faiss_backend import prepare_for_search, to_cpu
 
 
@@ -47,6 +48,8 @@ class LoadedIndex:
                 f"{path}: index holds {index.ntotal} vectors of dim {index.d} and {len(ids)} ids, "
                 f"manifest says {manifest.count} of dim {manifest.space.dim}"
             )
+        if manifest.search is not None:
+            apply(index, manifest.search.params)
         return cls(path, manifest, prepare_for_search(index), ids, titles or [""] * len(ids))
 
     @property

@@ -91,6 +91,18 @@ class VectorCounts(BaseModel):
     dropped: int | None = None
 
 
+class SearchTuning(BaseModel):
+    """Search parameters an ANN index is served with, and the recall@k against exact search they measured on
+    held-out queries (``source``: where those came from) when chosen for ``recall_target``."""
+
+    params: dict[str, int]
+    recall_target: float
+    recall: float
+    k: int
+    queries: int
+    source: str
+
+
 class IndexManifest(BaseModel):
     format: Literal["scalingnote-index/1"] = "scalingnote-index/1"
     version: str
@@ -103,6 +115,7 @@ class IndexManifest(BaseModel):
     created_at: str
     files: dict[str, str]
     vectors: VectorCounts | None = None
+    search: SearchTuning | None = None
 
 
 class BundleManifest(BaseModel):

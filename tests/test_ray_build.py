@@ -96,3 +96,28 @@ def test_the_cli_builds_on_ray_and_names_an_unreachable_cluster(tiny: Space, tmp
     assert bad.returncode == 2, bad.stderr
     assert "error: cannot reach the Ray cluster at 127.0.0.1:9" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def scifact_slice(scifact: Path, root: Path, others: int = 700) -> Path:
+    """A BEIR dataset of SciFact's test-judged documents plus ``others`` more, with its queries and test qrels."""
+    qrels = (scifact / "qrels" / "test.tsv").read_text().splitlines()
+    judged = {line.split("\t")[1] for line in qrels[1:]}
+    lines = (scifact / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if json.loads(line)["_id"] in judged]
+    kept += [line for line in lines if json.loads(line)["_id"] not in judged][:others]
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    (root / "queries.jsonl").write_bytes((scifact / "queries.jsonl").read_bytes())
+    (root / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+@pytest.mark.integration
+def test_on_scifact_the_ray_build_matches_the_in_process_build(scifact: Path, tmp_path: Path) -> None:
+    data = scifact_slice(scifact, tmp_path / "slice")
+    local = build_index(data, "minilm-l6", tmp_path / "local", max_length=128, progress=False)
+    ray = build_index(data, "minilm-l6", tmp_path / "ray", max_length=128, progress=False, ray=RayOptions(actors=2))
+    assert ray.count == local.count > 1000 and ray.space == local.space
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
+    scores = _scores(data, tmp_path / "ray", "minilm-l6")
+    assert scores == _scores(data, tmp_path / "local", "minilm-l6") and scores["ndcg@10"] > 0.6
