@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def main() -> None:
     rows = measure_set("real", real, evals, tunes, args.target)
     rows += measure_set("1M", with_noise(real, args.copies, args.noise), evals, tunes, args.target)
     meta = {
-        "command": "python bench/ann.py" + (" --readme" if args.readme else ""),
+        "command": " ".join(["python", "bench/ann.py", *sys.argv[1:]]),
         "machine": f"{os.cpu_count()} CPU(s), {cpu_model()}",
         "model": args.model,
         "dim": int(real.shape[1]),

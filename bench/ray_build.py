@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.model, args.docs, args.max_length, args.repeats, Path(tmp))
     meta = {
-        "command": "python bench/ray_build.py" + (" --readme" if args.readme else ""),
+        "command": " ".join(["python", "bench/ray_build.py", *sys.argv[1:]]),
         "machine": f"{os.cpu_count()} CPU(s), {cpu_model()}",
         "model": args.model,
         "max_length": args.max_length,

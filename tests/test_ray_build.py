@@ -117,7 +117,7 @@ def test_on_scifact_the_ray_build_matches_the_in_process_build(scifact: Path, tm
     data = scifact_slice(scifact, tmp_path / "slice")
     local = build_index(data, "minilm-l6", tmp_path / "local", max_length=128, progress=False)
     ray = build_index(data, "minilm-l6", tmp_path / "ray", max_length=128, progress=False, ray=RayOptions(actors=2))
-    assert ray.count == local.count > 1000 and ray.space == local.space
+    assert ray.count == local.count > 900 and ray.space == local.space
     assert_same_index(tmp_path / "local", tmp_path / "ray")
     scores = _scores(data, tmp_path / "ray", "minilm-l6")
     assert scores == _scores(data, tmp_path / "local", "minilm-l6") and scores["ndcg@10"] > 0.6
