@@ -8,6 +8,7 @@ import numpy as np
 
 from scalingnote.artifacts import SearchTuning
 from scalingnote.errors import UserError
+from scalingnote.index.faiss_backend import build, sample_rows
 
 CANDIDATES = {
     "efSearch": [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
@@ -40,16 +41,11 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of each query's exact inner-product top-k (``vectors`` may be a memmap)."""
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    for start in range(0, len(vectors), 65_536):
-        flat.add(np.ascontiguousarray(vectors[start : start + 65_536], dtype=np.float32))
-    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    return build(vectors, "Flat").search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
 
 
 def sample_queries(queries: np.ndarray, n: int = TUNE_QUERIES) -> np.ndarray:
-    if len(queries) <= n:
-        return queries
-    return queries[np.sort(np.random.default_rng(0).choice(len(queries), n, replace=False))]
+    return queries[sample_rows(len(queries), n)]
 
 
 def tune(

@@ -136,15 +136,14 @@ def _embed_on_ray(
 def _tuning_queries(
     dataset: Path, ref: EncoderRef, doc_tower: Tower, path: Path | None, vectors: np.ndarray, dtype: Dtype
 ) -> tuple[np.ndarray, str]:
-    """Held-out query vectors for a recall target: ``path`` (or the dataset's queries.jsonl) embedded by the
-    query tower (the doc tower for a shared one), else a sample of the corpus's own vectors."""
+    """Held-out query vectors for a recall target (:func:`index.ann_tuning.tune` samples them): ``path`` (or the
+    dataset's queries.jsonl) embedded by the query tower (the doc tower for a shared one), else the corpus's own."""
     path = path or (dataset / "queries.jsonl" if (dataset / "queries.jsonl").is_file() else None)
     if path is None:
-        return ann_tuning.sample_queries(vectors), "documents sampled from the corpus"
+        return vectors, "documents sampled from the corpus"
     texts = list(load_queries(Path(path)).values())
-    if len(texts) > ann_tuning.TUNE_QUERIES:
-        rows = np.random.default_rng(0).choice(len(texts), ann_tuning.TUNE_QUERIES, replace=False)
-        texts = [texts[i] for i in sorted(rows)]
+    rows = faiss_backend.sample_rows(len(texts), ann_tuning.TUNE_QUERIES)  # embed only what tuning uses
+    texts = texts[rows] if isinstance(rows, slice) else [texts[i] for i in rows]
     tower = Tower.from_pretrained(ref.tower_path("query"), ident=ref.id) if ref.kind == "dual" else doc_tower
     return tower.encode(texts, 64, dtype), str(path)
 

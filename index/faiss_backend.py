@@ -29,6 +29,11 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
     return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex) else index
 
 
+def sample_rows(n: int, size: int) -> np.ndarray | slice:
+    """A seeded, sorted sample of ``size`` of ``n`` row numbers (every row when ``n <= size``)."""
+    return np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if n > size else slice(None)
+
+
 def build(
     vectors: np.ndarray, factory: str = "Flat", train_size: int = TRAIN_SIZE, chunk: int = ADD_CHUNK
 ) -> faiss.Index:
@@ -40,9 +45,7 @@ def build(
         raise UserError(f"invalid FAISS index factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
     index = _to_gpu(index)
     if not index.is_trained:
-        n = len(vectors)
-        rows = np.sort(np.random.default_rng(0).choice(n, train_size, replace=False)) if n > train_size else slice(None)
-        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        index.train(np.ascontiguousarray(vectors[sample_rows(len(vectors), train_size)], dtype=np.float32))
     for start in range(0, len(vectors), chunk):
         index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
     return to_cpu(index)

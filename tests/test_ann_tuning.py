@@ -59,12 +59,14 @@ def test_exact_indexes_need_no_parameter(data) -> None:
     assert choice.params == {} and choice.recall == 1.0
 
 
+def build_cli(data: Path, model: Path, out: Path, factory: str, target: str):
+    args = ["--dataset", str(data), "--doc-encoder", str(model), "--out", str(out), "--index-factory", factory]
+    return run_cli("index", "build", *args, "--recall-target", target)
+
+
 def test_build_records_the_choice_and_the_loader_applies_it(tiny_beir: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "ivf"
-    r = run_cli(
-        "index", "build", "--dataset", str(tiny_beir), "--doc-encoder", str(tiny_model), "--out", str(out),
-        "--index-factory", "IVF8,Flat", "--recall-target", "0.9",
-    )  # fmt: skip
+    r = build_cli(tiny_beir, tiny_model, out, "IVF8,Flat", "0.9")
     assert r.returncode == 0, r.stderr
     search = read_index_manifest(out).search
     assert search is not None and search.source == str(tiny_beir / "queries.jsonl")
@@ -87,8 +89,5 @@ def test_without_queries_the_corpus_is_sampled(tiny_beir: Path, tiny_model: Path
 
 def test_an_unreachable_target_publishes_nothing(tiny_beir: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "pq"
-    r = run_cli(
-        "index", "build", "--dataset", str(tiny_beir), "--doc-encoder", str(tiny_model), "--out", str(out),
-        "--index-factory", "IVF2,PQ2x2", "--recall-target", "1.0",
-    )  # fmt: skip
+    r = build_cli(tiny_beir, tiny_model, out, "IVF2,PQ2x2", "1.0")
     assert r.returncode == 2 and "recall target 1.0 not reached" in r.stderr and not out.exists()
