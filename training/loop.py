@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from scalingnote.errors import UserError
 from scalingnote.modeling.losses import world
 from scalingnote.training.checkpoint import load_checkpoint, save_checkpoint
 from scalingnote.training.curves import CurveLog, plot_curve
@@ -83,6 +84,20 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, size, device
 
 
+def same_start_on_every_rank(start: int, ckpt: Path) -> None:
+    """Refuse a resume where the ranks found different checkpoints: a rank that cannot see rank 0's (``--work`` not
+    on storage every node shares) would start at another step, with other weights and batches."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    starts: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(starts, start)
+    if len(set(starts)) > 1:
+        raise UserError(
+            f"ranks would resume at different steps {starts} from {ckpt}: "
+            "--work must be one directory that every node sees (shared storage)"
+        )
+
+
 def train_loop(
     model: nn.Module,
     step_fn: Callable[[int], dict[str, float]],
@@ -106,7 +121,10 @@ def train_loop(
     ckpt = work / "checkpoint"
     if not cfg.resume and main:
         shutil.rmtree(ckpt, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()  # no rank reads the checkpoint rank 0 is deleting
     start = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, fingerprint=key)
+    same_start_on_every_rank(start, ckpt)
     log = CurveLog(curve, resume_step=start) if main else None
     t0 = last_save = time.monotonic()
     model.train()
