@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -27,8 +26,6 @@ from scalingnote.artifacts import INDEX_MANIFEST, read_index_manifest, write_man
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SCALINGNOTE = Path(sys.executable).with_name("scalingnote")
-BUILD_DIR = REPO / ".cache" / "bench"
-POISSON_SOURCE = HERE / "poisson.c"
 KEEP_ENV = ("SCALINGNOTE_DATA_DIR", "SCALINGNOTE_INDEX_CACHE_DIR", "SCALINGNOTE_CACHE_DIR")
 API_KEY = "faults-bench-key-0123456789abcdef0123"
 ADMIN = {"X-API-Key": API_KEY}
@@ -224,32 +221,6 @@ def status_counts(status: np.ndarray) -> dict[str, int]:
     return {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
 
 
-def build_poisson() -> Path:
-    """Compile ``poisson.c`` (once per source change) and return the binary."""
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    binary = BUILD_DIR / "poisson"
-    if binary.is_file() and binary.stat().st_mtime >= POISSON_SOURCE.stat().st_mtime:
-        return binary
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        raise RuntimeError("a C compiler is needed to build bench/faults/poisson.c (apt-get install gcc)")
-    tmp = BUILD_DIR / f".poisson.{os.getpid()}"
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(POISSON_SOURCE), "-lm"], check=True)
-    os.replace(tmp, binary)
-    return binary
-
-
-@dataclass
-class Arrivals:
-    """Per request of a Poisson run: due time (s), latency from it (ms), status, Retry-After (-1: none)."""
-
-    summary: dict
-    due_s: np.ndarray
-    latency_ms: np.ndarray
-    status: np.ndarray
-    retry_after: np.ndarray
-
-
 def poisson(
     binary: Path,
     port: int,
@@ -259,15 +230,8 @@ def poisson(
     connections: int = 256,
     timeout: float = 10.0,
     seed: int = 1,
-) -> Arrivals:
-    """One bounded open-loop run (``duration`` s plus at most ``timeout`` s to drain) against 127.0.0.1."""
-    with tempfile.TemporaryDirectory(prefix="poisson-") as tmp:
-        out = Path(tmp) / "requests.tsv"
-        cmd = [str(binary), "--port", str(port), "--bodies", str(bodies), "--rate", str(rate)]
-        cmd += ["--duration", str(duration), "--out", str(out), "--connections", str(connections)]
-        cmd += ["--timeout", str(timeout), "--seed", str(seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 2 * timeout + 30, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"poisson failed ({proc.returncode}): {proc.stderr.strip()}")
-        rows = np.loadtxt(out, dtype=np.int64, ndmin=2).reshape(-1, 5)
-    return Arrivals(json.loads(proc.stdout), rows[:, 1] / 1e6, rows[:, 2] / 1e3, rows[:, 3], rows[:, 4])
+) -> Any:
+    """One bounded open-loop run with Poisson arrivals (``bench/serve/loadgen.c``) against 127.0.0.1."""
+    return loadgen.run(
+        binary, port, bodies, rate=rate, duration=duration, connections=connections, timeout=timeout, seed=seed
+    )

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from common import (
-    Arrivals,
-    build_poisson,
     check,
     loadgen,
     percentiles,
@@ -70,7 +68,7 @@ def saturation(binary: Path, port: int, bodies: Path, args: argparse.Namespace) 
     return {k: stats[k] for k in ("concurrency", "duration_s", "requests", "failed", "throughput_rps", "latency_ms")}
 
 
-def overload_figures(run: Arrivals, duration: float) -> dict:
+def overload_figures(run: loadgen.LoadResult, duration: float) -> dict:
     status = run.status
     ok = status == 200
     refused = status == 429
@@ -95,7 +93,7 @@ def overload_figures(run: Arrivals, duration: float) -> dict:
     }
 
 
-def recovery(run: Arrivals, gap_s: float, slo_ms: float) -> dict:
+def recovery(run: loadgen.LoadResult, gap_s: float, slo_ms: float) -> dict:
     """Per 1-s window of the light load: requests, non-200s, p99; and when the first window met the SLO."""
     windows, recovered = [], None
     for start in range(int(np.ceil(run.summary["duration_s"]))):
@@ -118,19 +116,19 @@ def run(args: argparse.Namespace, bundle: Path, index: Path) -> dict:
         root = work / "root"
         publish_version(index, root)
         bodies = search_bodies(work / "search.jsonl", args.queries)
-        closed, arrivals = loadgen.build(), build_poisson()
+        binary = loadgen.build()
         with serving(bundle, root, work, **(dict(args.overload_setting) | NO_ADMISSION)) as server:
-            sat = saturation(closed, server.port, bodies, args)
+            sat = saturation(binary, server.port, bodies, args)
         rate = round(args.overload_factor * sat["throughput_rps"], 1)
         with serving(bundle, root, work, **dict(args.overload_setting)) as server:
-            poisson(arrivals, server.port, bodies, args.recovery_rate, args.warmup_seconds, 8, seed=3)
+            poisson(binary, server.port, bodies, args.recovery_rate, args.warmup_seconds, 8, seed=3)
             normal_rate = round(args.normal_factor * sat["throughput_rps"], 1)
-            normal = poisson(arrivals, server.port, bodies, normal_rate, args.normal_seconds, 64, seed=4)
+            normal = poisson(binary, server.port, bodies, normal_rate, args.normal_seconds, 64, seed=4)
             rss_before, _ = rss_mib(server.proc.pid)
             with peak_rss(server.proc.pid) as rss:
-                over = poisson(arrivals, server.port, bodies, rate, args.overload_seconds, args.connections)
+                over = poisson(binary, server.port, bodies, rate, args.overload_seconds, args.connections)
                 arrivals_ended = time.monotonic() - (over.summary["elapsed_s"] - args.overload_seconds)
-                light = poisson(arrivals, server.port, bodies, args.recovery_rate, args.recovery_seconds, 8, seed=2)
+                light = poisson(binary, server.port, bodies, args.recovery_rate, args.recovery_seconds, 8, seed=2)
                 light_started = time.monotonic() - light.summary["elapsed_s"]
             hwm = rss_mib(server.proc.pid)[1]
     figures = overload_figures(over, args.overload_seconds)

@@ -1,22 +1,31 @@
 /*
  * loadgen: a small HTTP/1.1 load generator for loopback benchmarks and SLO tests (Linux, epoll).
  *
- *   open loop:   loadgen --rate R --duration S ...       request i is due at t0 + i/R; its latency counts
- *                                                         from that due time (no coordinated omission, as wrk2)
+ *   open loop:   loadgen --rate R --duration S ...       requests are due at planned times; a latency counts
+ *                                                         from its due time (no coordinated omission, as wrk2)
  *   closed loop: loadgen --concurrency C --duration S ... C connections, each sends when its last answer came
+ *
+ * Open-loop arrivals (--arrivals), all at an average of R per second:
+ *   poisson  exponential gaps of mean 1/R, seeded (--seed), so runs repeat (real traffic; the default)
+ *   even     request i at i/R (the kindest pattern there is)
+ *   burst    --burst N requests at once every N/R seconds (clients whose sends line up)
  *
  * Bodies come from a file, one request body per line, used in turn. Keep-alive connections are opened
  * up front (--connections, open loop); a request that finds every connection busy waits for one, and
  * that wait is part of its latency. A request unanswered after --timeout seconds counts as a timeout.
- * Per request it writes "index<TAB>due_us<TAB>latency_us<TAB>status<TAB>captured" to --out
+ * Per request it writes "index<TAB>due_us<TAB>latency_us<TAB>status<TAB>captured<TAB>retry_after" to --out
  * (status 0: connection error, -1: timeout, -2: never sent), where "captured" is the JSON string value of
- * --capture KEY in the response body (e.g. index_version). Only the summary goes to stdout.
+ * --capture KEY in the response body (e.g. index_version) and retry_after the Retry-After header's value
+ * (-1: none). Only the summary goes to stdout. A request whose reused keep-alive connection turns out closed by
+ * the server before any byte of the answer (its idle timeout racing our send) is sent once more on a new
+ * connection, as HTTP clients do; the summary counts these ("stale_resends").
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -40,12 +49,12 @@ typedef struct {
 
 typedef struct {
     int64_t due_ns, end_ns;
-    int status;
+    int status, retry_after, resent;
     char cap[64];
 } rec_t;
 
 typedef struct {
-    int fd, state;
+    int fd, state, served;
     const buf_t *req;
     size_t woff;
     char *rbuf;
@@ -63,7 +72,7 @@ static int nconns, epfd;
 static int *idle;
 static int nidle;
 static const char *capture_key;
-static int64_t errors_connect;
+static int64_t errors_connect, nstale;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -98,6 +107,7 @@ static int conn_open(conn_t *c) {
     c->fd = fd;
     c->state = IDLE;
     c->rlen = 0;
+    c->served = 0;
     idle[nidle++] = (int)(c - conns);
     return 0;
 }
@@ -124,6 +134,8 @@ static rec_t *new_rec(int64_t due) {
     r->due_ns = due;
     r->end_ns = 0;
     r->status = ST_UNSENT;
+    r->retry_after = -1;
+    r->resent = 0;
     r->cap[0] = 0;
     return r;
 }
@@ -149,7 +161,47 @@ static int conn_flush(conn_t *c) {
     return 0;
 }
 
-/* Send request `idx` (body idx % nreqs) on an idle connection; false when none is idle or can be opened. */
+/* Put request `idx` (body idx % nreqs) on `c`, just taken from the idle list. */
+static void start_on(conn_t *c, int64_t idx) {
+    c->state = BUSY;
+    c->req = &reqs[idx % (int64_t)nreqs];
+    c->woff = 0;
+    c->rlen = 0;
+    c->idx = idx;
+    c->sent_ns = now_ns();
+}
+
+static int resend_stale(conn_t *c);
+
+/* `c` failed to send or was closed while busy: resend once if it was a stale keep-alive, else an error. */
+static void fail_busy(conn_t *c) {
+    if (resend_stale(c)) return;
+    finish(c, ST_ERROR, now_ns());
+    conn_close(c);
+}
+
+/* The connection of request idx was a reused one the server had closed, and nothing came back: send idx again
+ * on a new connection, once. 1: handled (resent, or failed for good), 0: not such a case. */
+static int resend_stale(conn_t *c) {
+    int64_t idx = c->idx;
+    if (c->served == 0 || c->rlen > 0 || recs[idx].resent) return 0;
+    recs[idx].resent = 1;
+    nstale++;
+    conn_close(c);
+    if (conn_open(c) < 0) {
+        finish(c, ST_ERROR, now_ns());
+        return 1;
+    }
+    nidle--; /* conn_open put c last in the idle list */
+    start_on(c, idx);
+    if (conn_flush(c) < 0) {
+        finish(c, ST_ERROR, now_ns());
+        conn_close(c);
+    }
+    return 1;
+}
+
+/* Send request `idx` on an idle connection; false when none is idle or can be opened. */
 static int send_on_idle(int64_t idx) {
     if (nidle == 0) {
         for (int i = 0; i < nconns; i++)
@@ -157,16 +209,8 @@ static int send_on_idle(int64_t idx) {
         if (nidle == 0) return 0;
     }
     conn_t *c = &conns[idle[--nidle]];
-    c->state = BUSY;
-    c->req = &reqs[idx % (int64_t)nreqs];
-    c->woff = 0;
-    c->rlen = 0;
-    c->idx = idx;
-    c->sent_ns = now_ns();
-    if (conn_flush(c) < 0) {
-        finish(c, ST_ERROR, now_ns());
-        conn_close(c);
-    }
+    start_on(c, idx);
+    if (conn_flush(c) < 0) fail_busy(c);
     return 1;
 }
 
@@ -192,6 +236,9 @@ static int try_parse(conn_t *c, int64_t t) {
     if (c->rlen < hlen + blen) return 0;
     int status = atoi(c->rbuf + 9);
     finish(c, status, t);
+    c->served++;
+    const char *ra = find_ci(c->rbuf, hlen, "\r\nretry-after:");
+    if (ra) recs[c->idx].retry_after = atoi(ra + 14);
     if (capture_key) {
         char pat[96];
         snprintf(pat, sizeof pat, "\"%s\":\"", capture_key);
@@ -229,7 +276,10 @@ static void on_readable(conn_t *c) {
             continue;
         }
         if (n < 0 && errno == EAGAIN) break;
-        if (c->state == BUSY) finish(c, ST_ERROR, now_ns()); /* closed by the peer or reset */
+        if (c->state == BUSY) { /* closed by the peer or reset */
+            fail_busy(c);
+            return;
+        }
         conn_close(c);
         return;
     }
@@ -269,9 +319,27 @@ static void load_bodies(const char *path, const char *host, const char *target, 
     }
 }
 
+/* Due times (ns from t0) of the open loop's requests: every arrival before `duration`, at `rate` on average. */
+static int64_t plan_arrivals(int64_t **plan, const char *arrivals, double rate, double duration, int burst, long seed) {
+    int64_t n = 0, cap = (int64_t)(duration * rate * 1.2) + 1024;
+    int64_t *due = xrealloc(NULL, (size_t)cap * sizeof(int64_t));
+    srand48(seed);
+    for (double t = 0;; n++) {
+        if (strcmp(arrivals, "even") == 0) t = (double)n / rate;
+        else if (strcmp(arrivals, "burst") == 0) t = (double)(n / burst) * burst / rate;
+        else t += -log(1.0 - drand48()) / rate;
+        if (t >= duration) break;
+        if (n == cap) due = xrealloc(due, (size_t)(cap *= 2) * sizeof(int64_t));
+        due[n] = (int64_t)(t * 1e9);
+    }
+    *plan = due;
+    return n;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P --bodies FILE (--rate R | --concurrency C) --duration S\n"
+            "               [--arrivals poisson|even|burst] [--burst N] [--seed N]\n"
             "               [--host 127.0.0.1] [--path /search] [--connections N] [--timeout S]\n"
             "               [--max-requests N] [--out FILE] [--capture KEY] [--header 'K: V']...\n");
     exit(2);
@@ -279,7 +347,9 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *target = "/search", *bodies = NULL, *out = NULL;
-    int port = 0, concurrency = 0, connections = 64, nheaders = 0;
+    const char *arrivals = "poisson";
+    int port = 0, concurrency = 0, connections = 64, nheaders = 0, burst = 1;
+    long seed = 1;
     double rate = 0, duration = 0, timeout = 10;
     int64_t max_requests = -1;
     char *headers[16];
@@ -287,7 +357,8 @@ int main(int argc, char **argv) {
         {"host", 1, 0, 'h'},        {"port", 1, 0, 'p'},    {"path", 1, 0, 'P'},    {"bodies", 1, 0, 'b'},
         {"rate", 1, 0, 'r'},        {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 'd'}, {"connections", 1, 0, 'n'},
         {"timeout", 1, 0, 't'},     {"max-requests", 1, 0, 'm'}, {"out", 1, 0, 'o'},  {"capture", 1, 0, 'k'},
-        {"header", 1, 0, 'H'},      {0, 0, 0, 0}};
+        {"header", 1, 0, 'H'},      {"arrivals", 1, 0, 'a'}, {"burst", 1, 0, 'B'}, {"seed", 1, 0, 's'},
+        {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
@@ -303,13 +374,17 @@ int main(int argc, char **argv) {
         case 'm': max_requests = atoll(optarg); break;
         case 'o': out = optarg; break;
         case 'k': capture_key = optarg; break;
+        case 'a': arrivals = optarg; break;
+        case 'B': burst = atoi(optarg); break;
+        case 's': seed = atol(optarg); break;
         case 'H':
             if (nheaders < 16) headers[nheaders++] = optarg;
             break;
         default: usage();
         }
     }
-    if (!port || !bodies || duration <= 0 || (rate > 0) == (concurrency > 0) || connections < 1) usage();
+    if (!port || !bodies || duration <= 0 || (rate > 0) == (concurrency > 0) || connections < 1 || burst < 1) usage();
+    if (strcmp(arrivals, "poisson") && strcmp(arrivals, "even") && strcmp(arrivals, "burst")) usage();
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
@@ -334,8 +409,8 @@ int main(int argc, char **argv) {
     }
 
     const int64_t t0 = now_ns(), dur_ns = (int64_t)(duration * 1e9), tmo_ns = (int64_t)(timeout * 1e9);
-    const int64_t interval = rate > 0 ? (int64_t)(1e9 / rate) : 0;
-    int64_t planned = rate > 0 ? (int64_t)(duration * rate) : INT64_MAX;
+    int64_t *plan = NULL;
+    int64_t planned = rate > 0 ? plan_arrivals(&plan, arrivals, rate, duration, burst, seed) : INT64_MAX;
     if (max_requests >= 0 && max_requests < planned) planned = max_requests;
     int64_t next = 0; /* next request index to send */
     struct epoll_event evs[256];
@@ -343,15 +418,13 @@ int main(int argc, char **argv) {
         int64_t t = now_ns();
         int sending = t - t0 < dur_ns;
         if (rate > 0) {
-            int64_t due = sending ? (t - t0) / interval + 1 : planned;
-            if (due > planned) due = planned;
-            while (nrecs < due) new_rec(nrecs * interval);
-            while (next < due && send_on_idle(next)) next++;
-            if (next < due || !sending) {
+            while (nrecs < planned && (!sending || plan[nrecs] <= t - t0)) new_rec(plan[nrecs]);
+            while (next < nrecs && send_on_idle(next)) next++;
+            if (next < nrecs || !sending) {
                 /* backlog or drain: woken by completions, and by the clock for timeouts */
             } else if (next < planned) {
                 struct itimerspec its = {0};
-                int64_t at = t0 + next * interval;
+                int64_t at = t0 + plan[next];
                 its.it_value.tv_sec = at / 1000000000LL;
                 its.it_value.tv_nsec = at % 1000000000LL;
                 timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
@@ -409,14 +482,16 @@ int main(int argc, char **argv) {
         else if (r->status == ST_TIMEOUT) timeouts++;
         else if (r->status == ST_UNSENT) unsent++;
         else if (r->status == ST_ERROR) errs++;
-        if (f) fprintf(f, "%lld\t%lld\t%lld\t%d\t%s\n", (long long)i, (long long)(r->due_ns / 1000),
-                       (long long)(lat >= 0 ? lat / 1000 : -1), r->status, r->cap);
+        if (f) fprintf(f, "%lld\t%lld\t%lld\t%d\t%s\t%d\n", (long long)i, (long long)(r->due_ns / 1000),
+                       (long long)(lat >= 0 ? lat / 1000 : -1), r->status, r->cap, r->retry_after);
     }
     if (f) fclose(f);
-    printf("{\"mode\": \"%s\", \"rate\": %g, \"concurrency\": %d, \"duration_s\": %g, \"elapsed_s\": %.3f, "
-           "\"requests\": %lld, \"ok\": %lld, \"timeouts\": %lld, \"errors\": %lld, \"unsent\": %lld, "
-           "\"connect_errors\": %lld}\n",
-           rate > 0 ? "open" : "closed", rate, concurrency, duration, (double)elapsed / 1e9, (long long)nrecs,
-           (long long)ok, (long long)timeouts, (long long)errs, (long long)unsent, (long long)errors_connect);
+    printf("{\"mode\": \"%s\", \"arrivals\": \"%s\", \"burst\": %d, \"seed\": %ld, \"rate\": %g, "
+           "\"concurrency\": %d, \"duration_s\": %g, \"elapsed_s\": %.3f, \"requests\": %lld, \"ok\": %lld, "
+           "\"timeouts\": %lld, \"errors\": %lld, \"unsent\": %lld, \"connect_errors\": %lld, "
+           "\"stale_resends\": %lld, \"connections\": %d}\n",
+           rate > 0 ? "open" : "closed", rate > 0 ? arrivals : "", burst, seed, rate, concurrency, duration,
+           (double)elapsed / 1e9, (long long)nrecs, (long long)ok, (long long)timeouts, (long long)errs,
+           (long long)unsent, (long long)errors_connect, (long long)nstale, nconns);
     return 0;
 }

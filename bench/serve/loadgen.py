@@ -1,4 +1,4 @@
-"""Build and drive ``loadgen.c`` (open-loop fixed rate or closed loop) and summarise what it measured.
+"""Build and drive ``loadgen.c`` (open loop: Poisson, even or burst arrivals; or closed loop) and summarise it.
 
 Why C: the load generator shares the 2 cores with the server, and Python generators under-report
 throughput there by 22-43 %; Debian's ``wrk`` is closed-loop only and ``hey -q`` cannot vary bodies.
@@ -33,7 +33,7 @@ def build(out_dir: Path | None = None) -> Path:
     if cc is None:
         raise RuntimeError("a C compiler is needed to build bench/serve/loadgen.c (apt-get install gcc)")
     tmp = out_dir / f".loadgen.{os.getpid()}"
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(SOURCE)], check=True)
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(SOURCE), "-lm"], check=True)
     os.replace(tmp, binary)
     return binary
 
@@ -52,13 +52,15 @@ def write_bodies(path: Path, bodies: Sequence[dict]) -> Path:
 
 @dataclass
 class LoadResult:
-    """Loadgen's summary plus per-request arrays (latency in ms from the due time; status; captured)."""
+    """Loadgen's summary plus per-request arrays (latency in ms from the due time; status; captured; the
+    Retry-After header's value, -1 when absent)."""
 
     summary: dict
     due_s: np.ndarray
     latency_ms: np.ndarray
     status: np.ndarray
     captured: list[str]
+    retry_after: np.ndarray
 
     @property
     def failed(self) -> int:
@@ -79,6 +81,8 @@ class LoadResult:
             pct |= {"mean": float(lat.mean()), "max": float(lat.max())}
         return {
             "mode": self.summary["mode"],
+            "arrivals": self.summary["arrivals"] or None,
+            "burst": self.summary["burst"] if self.summary["arrivals"] == "burst" else None,
             "rate": self.summary["rate"] or None,
             "concurrency": self.summary["concurrency"] or None,
             "duration_s": self.summary["duration_s"],
@@ -105,8 +109,14 @@ def run(
     timeout: float = 10.0,
     capture: str | None = None,
     headers: Sequence[str] = (),
+    arrivals: str = "poisson",
+    burst: int = 1,
+    seed: int = 1,
 ) -> LoadResult:
-    """One bounded run (``duration`` seconds plus at most ``timeout`` to drain) against ``host:port``."""
+    """One bounded run (``duration`` seconds plus at most ``timeout`` to drain) against ``host:port``.
+
+    Open loop (``rate``): ``arrivals`` is ``poisson`` (seeded exponential gaps), ``even`` (request i at i/rate) or
+    ``burst`` (``burst`` requests at once every burst/rate seconds)."""
     if (rate is None) == (concurrency is None):
         raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
@@ -114,7 +124,7 @@ def run(
         cmd = [str(binary), "--host", host, "--port", str(port), "--path", path, "--bodies", str(bodies)]
         cmd += ["--duration", str(duration), "--timeout", str(timeout), "--out", str(out)]
         cmd += ["--rate", str(rate)] if rate is not None else ["--concurrency", str(concurrency)]
-        cmd += ["--connections", str(connections)]
+        cmd += ["--connections", str(connections), "--arrivals", arrivals, "--burst", str(burst), "--seed", str(seed)]
         cmd += ["--capture", capture] if capture else []
         for header in headers:
             cmd += ["--header", header]
@@ -126,4 +136,5 @@ def run(
     due = np.array([int(r[1]) for r in rows], dtype=np.float64) / 1e6
     latency = np.array([int(r[2]) for r in rows], dtype=np.float64) / 1e3
     status = np.array([int(r[3]) for r in rows], dtype=np.int64)
-    return LoadResult(summary, due, latency, status, [r[4] if len(r) > 4 else "" for r in rows])
+    retry_after = np.array([int(r[5]) for r in rows], dtype=np.int64)
+    return LoadResult(summary, due, latency, status, [r[4] for r in rows], retry_after)

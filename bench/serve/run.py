@@ -11,10 +11,11 @@ Systems, each started as its own process on 127.0.0.1 and measured in turn with 
 * ``c_infinity``: infinity-emb (its ONNX/optimum engine, own venv in .cache/) serving the query tower's
   backbone, embeddings only (no FAISS), if it installs (``--infinity-venv``; see install_infinity.sh).
 
-Per system: a closed loop at each ``--concurrency`` and an open loop (fixed rate, latency from the scheduled
-send time) at each ``--rates``; the open loop stops at the first rate where the system saturates. For the
-service it also finds the highest rate holding p99 <= ``--slo-ms`` and holds ``--hold-rate`` for
-``--hold-duration``. Writes results.json, latency_vs_throughput.png and a table in bench/README.md.
+Per system: a closed loop at each ``--concurrency`` and an open loop (``--arrivals``, Poisson by default;
+latency from each request's due time) at each ``--rates``; the open loop stops at the first rate where the
+system saturates. For the service it also finds the highest rate holding p99 <= ``--slo-ms``, holds
+``--hold-rate`` for ``--hold-duration``, and runs the burst case (``--burst-size`` requests at once, at an
+average of ``--burst-rate``). Writes results.json, latency_vs_throughput.png and a table in bench/README.md.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def bench_system(running: Running, binary: Path, args: argparse.Namespace, is_se
         if saturated_at is not None:
             out["open"].append({"mode": "open", "rate": rate, "skipped": f"saturated at {saturated_at} req/s"})
             continue
-        stats = measure(running, binary, rate=rate, duration=args.duration)
+        stats = measure(running, binary, rate=rate, duration=args.duration, arrivals=args.arrivals)
         out["open"].append(stats)
         if saturated(stats):
             saturated_at = rate
@@ -170,12 +171,17 @@ def bench_system(running: Running, binary: Path, args: argparse.Namespace, is_se
     if is_service:
         out["max_rate_within_slo"] = max_rate(running, binary, args, out["open"])
         if args.hold_duration > 0:
-            out["hold"] = measure(running, binary, rate=args.hold_rate, duration=args.hold_duration)
+            out["hold"] = measure(
+                running, binary, rate=args.hold_rate, duration=args.hold_duration, arrivals=args.arrivals
+            )
+        if args.burst_size > 1:
+            burst = {"arrivals": "burst", "burst": args.burst_size}
+            out["burst"] = measure(running, binary, rate=args.burst_rate, duration=args.duration, **burst)
     return out
 
 
 def max_rate(running: Running, binary: Path, args: argparse.Namespace, sweep: list[dict]) -> dict:
-    """Highest fixed rate with p99 <= SLO and no failure: the sweep, then bisection between pass and fail."""
+    """Highest offered rate with p99 <= SLO and no failure: the sweep, then bisection between pass and fail."""
     measured = [s for s in sweep if "skipped" not in s]
     ok = [s["rate"] for s in measured if holds(s, args.slo_ms)]
     lo = max(ok, default=0.0)
@@ -183,7 +189,7 @@ def max_rate(running: Running, binary: Path, args: argparse.Namespace, sweep: li
     probes: list[dict] = []
     while hi is not None and len(probes) < args.bisect_steps and hi - lo > 10:
         mid = round((lo + hi) / 2)
-        stats = measure(running, binary, rate=mid, duration=args.bisect_duration)
+        stats = measure(running, binary, rate=mid, duration=args.bisect_duration, arrivals=args.arrivals)
         probes.append(stats)
         lo, hi = (mid, hi) if holds(stats, args.slo_ms) else (lo, mid)
     return {"slo_p99_ms": args.slo_ms, "rate": lo, "first_failing_rate": hi, "probes": probes}
@@ -271,7 +277,7 @@ def write_plot(results: dict, path: Path) -> None:
         for s in closed:
             ax_closed.annotate(f"c={s['concurrency']}", (s["throughput_rps"], s["latency_ms"]["p99"]), fontsize=7)
     slo = results["config"]["slo_ms"]
-    for ax, title in ((ax_open, "open loop (fixed rate)"), (ax_closed, "closed loop (concurrency 1/8/32)")):
+    for ax, title in ((ax_open, "open loop (offered rate)"), (ax_closed, "closed loop (concurrency 1/8/32)")):
         ax.axhline(slo, color="grey", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_xlabel("throughput (2xx req/s)")
@@ -297,8 +303,9 @@ def markdown(results: dict) -> str:
         f"`{cfg['command']}` — {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"{results['started']}, {results['wall_s'] / 60:.0f} min. Bundle `{cfg['bundle_name']}` "
         f"({cfg['variant']}), index {cfg['index_docs']} docs; queries: MS MARCO dev-small, k=10. "
-        "Load from `bench/serve/loadgen.c` on the same machine (open loop: latency counted from each request's "
-        "scheduled time). Load average during the runs is in results.json.",
+        "Load from `bench/serve/loadgen.c` on the same machine (open loop: "
+        f"{cfg.get('arrivals', 'even')} arrivals, latency counted from each request's due time). "
+        "Load average during the runs is in results.json.",
         "",
     ]
     if cfg["bundle_name"].startswith("proxy-"):
@@ -329,7 +336,7 @@ def markdown(results: dict) -> str:
     if "max_rate_within_slo" in service:
         m = service["max_rate_within_slo"]
         lines.append(
-            f"- highest fixed rate with p99 ≤ {m['slo_p99_ms']:g} ms and 0 errors: **{m['rate']:g} req/s** "
+            f"- highest offered rate with p99 ≤ {m['slo_p99_ms']:g} ms and 0 errors: **{m['rate']:g} req/s** "
             f"(first failing: {_fmt(m['first_failing_rate'], 0)})"
         )
     if "hold" in service:
@@ -337,6 +344,13 @@ def markdown(results: dict) -> str:
         lines.append(
             f"- hold {h['rate']:g} req/s for {h['duration_s']:g} s: p99 {_fmt(h['latency_ms'].get('p99'), 2)} ms, "
             f"{h['failed']} failed of {h['requests']}"
+        )
+    if "burst" in service:
+        b = service["burst"]
+        lines.append(
+            f"- bursts of {b['burst']} at once, {b['rate']:g} req/s on average, {b['duration_s']:g} s: "
+            f"p50 {_fmt(b['latency_ms'].get('p50'), 2)} ms, p99 {_fmt(b['latency_ms'].get('p99'), 2)} ms, "
+            f"{b['failed']} failed of {b['requests']}"
         )
     base = service.get("saturation_rps")
     for res in systems.values():
@@ -369,6 +383,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--queries", type=Path, default=None, help="qid<TAB>text (default: MS MARCO dev-small).")
     p.add_argument("--rates", type=floats, default=[100, 200, 300, 400, 600])
     p.add_argument("--duration", type=float, default=30.0, help="Seconds per open-loop rate.")
+    p.add_argument("--arrivals", choices=["poisson", "even"], default="poisson", help="Open-loop arrivals.")
+    p.add_argument("--burst-size", type=int, default=30, help="Burst case: requests at once (1: no burst case).")
+    p.add_argument("--burst-rate", type=float, default=300.0, help="Burst case: average req/s.")
     p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
     p.add_argument("--closed-duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=5.0)
@@ -470,6 +487,8 @@ def main() -> None:
             "query_model": args.query_model,
             "queries": len(queries),
             "rates": args.rates,
+            "arrivals": args.arrivals,
+            "burst": {"size": args.burst_size, "rate": args.burst_rate},
             "duration_s": args.duration,
             "concurrency": args.concurrency,
             "closed_duration_s": args.closed_duration,
