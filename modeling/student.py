@@ -1,4 +1,8 @@
-"""Stage-2 student: the first ``N`` layers of a small encoder plus a linear projection into the teacher's space."""
+"""Stage-2 student: the first ``N`` layers of a small encoder plus a linear projection into the teacher's space.
+
+With no layers at all the student is *static*: its token-embedding table, mean-pooled, then the projection. Its
+position and token-type embeddings are zeroed and frozen, so a query's vector depends only on its bag of tokens;
+the table itself is what training changes."""
 
 from __future__ import annotations
 
@@ -29,11 +33,12 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
 
 
 def cut_layers(backbone: nn.Module, keep: int | Sequence[int]) -> None:
-    """Keep the first ``keep`` transformer layers, or the layers numbered in ``keep`` (in that order)."""
+    """Keep the first ``keep`` transformer layers, or the layers numbered in ``keep`` (in that order); none: the
+    embeddings alone."""
     owner, name = _layer_list(backbone)
     layers = getattr(owner, name)
     chosen = list(range(keep)) if isinstance(keep, int) else list(keep)
-    if not chosen or not all(0 <= i < len(layers) for i in chosen):
+    if (isinstance(keep, int) and keep < 0) or not all(0 <= i < len(layers) for i in chosen):
         raise UserError(f"cannot keep layers {keep} of a {len(layers)}-layer backbone")
     setattr(owner, name, nn.ModuleList([layers[i] for i in chosen]))
     backbone.config.num_hidden_layers = len(chosen)
@@ -49,6 +54,19 @@ def build_student(
     tower = Tower.from_pretrained(path, ident=ident, encoder=encoder, projection_dim=dim)
     cut_layers(tower.backbone, layers)
     return tower
+
+
+@torch.no_grad()
+def make_static(backbone: nn.Module) -> None:
+    """Zero and freeze what a token's embedding adds besides the token itself (position, token type), so that
+    an embeddings-only backbone is a static token table; the table stays trainable."""
+    embeddings = getattr(backbone, "embeddings", None)
+    for name in ("position_embeddings", "token_type_embeddings"):
+        table = getattr(embeddings, name, None)
+        if isinstance(table, nn.Embedding):
+            table.weight.zero_()
+            table.weight.requires_grad_(False)
+    backbone.get_input_embeddings().weight.requires_grad_(True)
 
 
 @torch.no_grad()

@@ -140,6 +140,11 @@ class Tower(nn.Module):
         return f"torch-{str(self.resolve_dtype('auto')).removeprefix('torch.')}"
 
     @property
+    def static(self) -> bool:
+        """No transformer layer: a token table, pooled (a static student)."""
+        return getattr(self.backbone.config, "num_hidden_layers", None) == 0
+
+    @property
     def is_llm(self) -> bool:
         return is_decoder(self.backbone.config.to_dict())
 

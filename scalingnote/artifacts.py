@@ -125,6 +125,7 @@ class BundleManifest(BaseModel):
     space: EmbeddingSpace = _space_field("doc_tower")
     encoder: EncoderConfig
     dim: int
+    architecture: Literal["transformer", "static"] = "transformer"  # static: a token table, mean-pooled
     variants: dict[str, str]
     gates: dict[str, float] = Field({}, validation_alias=AliasChoices("gates", "parity"))
     created_at: str

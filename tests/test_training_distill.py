@@ -12,7 +12,7 @@ from scalingnote.beir import load_dataset
 from scalingnote.modeling.student import fit_projection
 from scalingnote.modeling.tower import Tower
 from scalingnote.specs import doc_space, query_space, resolve
-from scalingnote.training.distill import distill, distillation_queries
+from scalingnote.training.distill import StudentConfig, distill, distillation_queries
 from scalingnote.training.doc2query import Doc2QueryConfig, generate_queries, read_cache
 from scalingnote.training.query_finetune import FinetuneConfig, train_query_finetune
 from tests.conftest import tiny_distill_config
@@ -94,3 +94,35 @@ def test_doc2query_cache_resumes_and_skips_done_documents(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in cache.read_text().splitlines() if line.endswith("}")]
     assert sorted(r["doc_id"] for r in lines) == ["d0", "d1", "d2", "d3", "d4"]
     assert read_cache(cache).keys() == docs.keys()
+
+
+def test_a_static_student_is_a_trained_token_table_that_ignores_word_order(
+    tiny_model: Path, tiny_teacher: Path, tiny_teacher_index: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    from scalingnote.runtime.bundle import BundleEncoder
+    from scalingnote.training.export import export_bundle
+
+    cfg = tiny_distill_config(tiny_model, student=StudentConfig(backbone=str(tiny_model), layers=0, max_length=32))
+    cfg = cfg.model_copy(update={"steps": 20, "lr": 1e-2, "eval_every": 10})
+    before = Tower.from_pretrained(tiny_model).backbone.get_input_embeddings().weight.detach().clone()
+    out = distill(cfg, str(tiny_teacher), tiny_beir, tmp_path / "s", work=tmp_path / "w", progress=False)
+    student = Tower.from_pretrained(out)
+    assert student.backbone.config.num_hidden_layers == 0 and student.meta.encoder.pooling == "mean"
+    emb = student.backbone.embeddings
+    assert not emb.position_embeddings.weight.any() and not emb.token_type_embeddings.weight.any()
+    assert not torch.equal(student.backbone.get_input_embeddings().weight, before), "the token table is trained"
+    a, b = student.encode(["cell energy blood", "blood energy cell"], dtype="fp32")
+    assert float(a @ b) > 0.99999  # a bag of tokens: word order does not matter
+    bundle = export_bundle(str(out), tmp_path / "b", index_dir=tiny_teacher_index, int8=True, log=print)
+    assert bundle.gates["fp32_min_cosine"] >= 0.9999 and bundle.architecture == "static"
+    assert set(bundle.variants) == {"fp32"}  # a table lookup: nothing for int8 to quantise
+    onnx = BundleEncoder(tmp_path / "b", variant="fp32").encode(["cell energy blood"])
+    assert float(onnx[0] @ a) > 0.9999
+
+
+def test_static_tiers_are_named_static_and_take_their_own_learning_rate() -> None:
+    from scalingnote.training.profiles import load_profile
+
+    profile = load_profile("demo", overrides=["extra_students=[{layers = 0, steps = 9, lr = 0.02}]"])
+    (name, cfg) = profile.students()[-1]
+    assert name == "student-static" and cfg.student.static and cfg.steps == 9 and cfg.lr == 0.02

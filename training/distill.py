@@ -25,7 +25,7 @@ from scalingnote.errors import UserError
 from scalingnote.evaluation.metrics import overlap_at_k
 from scalingnote.index.store import LoadedIndex
 from scalingnote.modeling.losses import EmbeddingDistill, ScoreDistill
-from scalingnote.modeling.student import build_student, fit_projection, pooled_features
+from scalingnote.modeling.student import build_student, fit_projection, make_static, pooled_features
 from scalingnote.modeling.tower import Tower, default_encoder_config, freeze_input_embeddings
 from scalingnote.paths import data_root
 from scalingnote.specs import EncoderRef, query_space, resolve
@@ -43,7 +43,8 @@ TEACHER = "teacher"  # a student backbone name: the first layers of the teacher'
 
 class StudentConfig(BaseModel):
     """The student's shape: which backbone, which of its layers (a count: the first N; or their numbers,
-    e.g. ``[0, 2, 4, 5]``), how long its queries may be."""
+    e.g. ``[0, 2, 4, 5]``; ``0``: none, a static student), how long its queries may be. ``freeze_embeddings``
+    keeps a transformer student's token table fixed; a static student always trains its table."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +57,10 @@ class StudentConfig(BaseModel):
     def depth(self) -> int:
         """How many transformer layers the student has."""
         return self.layers if isinstance(self.layers, int) else len(self.layers)
+
+    @property
+    def static(self) -> bool:
+        return self.depth == 0
 
 
 class DistillConfig(BaseModel):
@@ -124,10 +129,13 @@ def new_student(cfg: StudentConfig, *, ident: str, dim: int, teacher_query: Path
         path = teacher_query
     else:
         path = resolve(cfg.backbone).path
-    pooling = default_encoder_config(path).pooling
+    # a static student has no context to put in a CLS or last token: it mean-pools
+    pooling = "mean" if cfg.static else default_encoder_config(path).pooling
     encoder = EncoderConfig(pooling=pooling, max_length=cfg.max_length)
     student = build_student(path, ident=ident, layers=cfg.layers, dim=dim, encoder=encoder)
-    if cfg.freeze_embeddings:  # the token table is most of a small encoder's weights
+    if cfg.static:
+        make_static(student.backbone)
+    elif cfg.freeze_embeddings:  # the token table is most of a small encoder's weights
         freeze_input_embeddings(student.backbone)
     return student
 

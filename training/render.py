@@ -172,8 +172,10 @@ def student_details(name: str, student_dir: Path, bundle_dir: Path) -> list[str]
     student = read_json(student_dir / "train.json")
     if student:
         cfg, held = student["config"], student["heldout"]
+        layers = cfg["student"]["layers"]
+        shape = "the token table (static, mean-pooled)" if layers in (0, []) else f"layers {layers}"
         lines.append(
-            f"- `{name}`: layers {cfg['student']['layers']} of `{cfg['student']['backbone']}` + projection,"
+            f"- `{name}`: {shape} of `{cfg['student']['backbone']}` + projection,"
             f" {cfg['steps']} steps × {cfg['batch_size']} on {student['queries']} queries; held-out agreement"
             f" with the teacher: cosine {held['heldout_cos']:.3f}, top-10 overlap"
             f" {held.get('heldout_top10_overlap', 0):.3f}"

@@ -112,7 +112,8 @@ def teacher_targets(rows: list[Row], teacher: Row, goals) -> list[Target]:
         out.append((f"{name} > {base.system}", t > base.ndcg, f"{t:.4f} vs {base.ndcg:.4f}"))
     t_onnx = fastest(find(rows, "teacher", onnx=True, teacher=teacher.teacher))
     e2e = find(rows, "end2end") if teacher.teacher == "teacher" else []
-    for size in sorted({r.layers for r in find(rows, "student", teacher=teacher.teacher) if r.layers}, reverse=True):
+    sizes = {r.layers for r in find(rows, "student", teacher=teacher.teacher) if r.layers is not None}
+    for size in sorted(sizes, reverse=True):
         student = find(rows, "student", onnx=False, layers=size, teacher=teacher.teacher)[0]
         s, goal = student.ndcg, goals.retention.get(size)
         what = f"{student.system.removesuffix(' (torch)')} ≥ {goal:.0%} of its teacher" if goal else ""
@@ -130,6 +131,10 @@ def teacher_targets(rows: list[Row], teacher: Row, goals) -> list[Target]:
             what = f"{who}: latency ≤ {limit} of its teacher's (ONNX, batch 1, p50; {best.engine})"
             figure = f"{best.latency['p50_ms']:.1f} / {t_onnx.latency['p50_ms']:.1f} ms = {ratio:.0%}"
             out.append((what, ratio <= goals.latency_ratio, figure))
+        if size == 0 and best is not None:
+            p50, limit = best.latency["p50_ms"], goals.static_p50_ms
+            what = f"static student: query encoding ≤ {limit:g} ms p50 (ONNX, batch 1; {best.engine})"
+            out.append((what, p50 <= limit, f"{p50:.3f} ms"))
     return out
 
 

@@ -42,7 +42,7 @@ class Row:
 def label(row: Row, ladder: bool) -> str:
     """The human name of a row, from its typed fields (``ladder``: several teachers, so name each one's backbone)."""
     onnx = f", ONNX {row.variant}" if row.onnx else " (torch)"
-    size = f"{row.layers}-layer " if row.layers else ""
+    size = "static " if row.layers == 0 else f"{row.layers}-layer " if row.layers else ""
     whose = f"{row.backbone} " if ladder else ""
     if row.role == "bm25":
         return "BM25"

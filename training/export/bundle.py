@@ -106,7 +106,9 @@ def _build(
     if (int8 or fp16) and (index is None or not queries):
         log("int8/fp16: skipped (the overlap gate needs --index and held-out --queries)")
         return staged.write()
-    if int8:
+    if int8 and tower.static:
+        log("int8: not applicable to a static student (its graph is a table lookup, no weight MatMul)")
+    elif int8:
         report = try_int8(staged, calibration[:512] or sample, sample, index, min_overlap, log)
         (tmp / QUANT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if fp16:

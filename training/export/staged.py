@@ -27,6 +27,7 @@ class StagedBundle:
             space=self.space,
             encoder=self.tower.meta.encoder,
             dim=self.tower.dim,
+            architecture="static" if self.tower.static else "transformer",
             variants=dict(self.variants),
             gates=dict(self.gates),
             created_at=now_iso(),

@@ -31,12 +31,14 @@ class ExportConfig(BaseModel):
 
 
 class Tier(BaseModel):
-    """An extra student size: which backbone layers it keeps, and optionally its own number of steps."""
+    """An extra student size: which backbone layers it keeps (``0``: a static student), and optionally its own
+    number of steps and learning rate."""
 
     model_config = ConfigDict(extra="forbid")
 
     layers: int | list[int]
     steps: int | None = None
+    lr: float | None = None
 
 
 class Targets(BaseModel):
@@ -44,7 +46,9 @@ class Targets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retention: dict[int, float] = {4: 0.97, 2: 0.95}  # student layers -> least share of its teacher's nDCG@10
+    # student layers (0: static) -> least share of its teacher's nDCG@10
+    retention: dict[int, float] = {4: 0.97, 2: 0.95, 0: 0.85}
+    static_p50_ms: float = 0.1  # a static student's ONNX query encoding (tokenize + graph, batch 1, 1 thread), at most
     latency_ratio: float = 0.40  # student ONNX p50 over its teacher's ONNX p50 (batch 1), at most
 
 
@@ -97,15 +101,18 @@ class Profile(BaseModel):
         return [("teacher", self.towers), *((f"teacher-{k}", v) for k, v in self.extra_teachers.items())]
 
     def students(self, teacher: str = "teacher") -> list[tuple[str, DistillConfig]]:
-        """``(name, config)`` of the students of ``teacher``: ``student`` and ``student-l<N>`` for the primary
-        teacher, ``student-<name>`` and ``student-<name>-l<N>`` for ``teacher-<name>``."""
+        """``(name, config)`` of the students of ``teacher``: ``student`` and ``student-l<N>`` (``student-static``
+        for no layers) for the primary teacher, ``student-<name>`` and ``student-<name>-l<N>`` for
+        ``teacher-<name>``."""
         base = "student" + teacher.removeprefix("teacher")
         tiers = [(base, self.distill)]
         for extra in self.extra_students:
             tier = extra if isinstance(extra, Tier) else Tier(layers=extra)
             student = self.distill.student.model_copy(update={"layers": tier.layers})
             update = {"student": student} | ({"steps": tier.steps} if tier.steps else {})
-            tiers.append((f"{base}-l{student.depth}", self.distill.model_copy(update=update)))
+            update |= {"lr": tier.lr} if tier.lr else {}
+            suffix = "static" if student.static else f"l{student.depth}"
+            tiers.append((f"{base}-{suffix}", self.distill.model_copy(update=update)))
         return tiers
 
     def baseline_encoders(self) -> list[str]:
