@@ -266,7 +266,9 @@ def assert_swap_under_load(
     result: dict = {}
     load = threading.Thread(
         target=lambda: result.update(
-            run=loadgen.run(loadgen.BINARY, server.port, bodies, rate=100, duration=6, capture="index_version")
+            run=loadgen.run(
+                loadgen.BINARY, server.port, bodies, rate=100, duration=6, capture="index_version", arrivals="even"
+            )
         )
     )
     load.start()
