@@ -28,7 +28,7 @@ from scalingnote.runtime.device import cuda_available
 from scalingnote.runtime.tokenization import copy_sidecars
 from scalingnote.specs import query_space, resolve
 from scalingnote.training.export.gates import ExportError, parity
-from scalingnote.training.export.graph import export_onnx
+from scalingnote.training.export.graph import export_onnx, weight_matmuls
 from scalingnote.training.export.quantize import try_fp16, try_int8
 from scalingnote.training.export.staged import StagedBundle
 
@@ -106,8 +106,8 @@ def _build(
     if (int8 or fp16) and (index is None or not queries):
         log("int8/fp16: skipped (the overlap gate needs --index and held-out --queries)")
         return staged.write()
-    if int8 and tower.static:
-        log("int8: not applicable to a static student (its graph is a table lookup, no weight MatMul)")
+    if int8 and not weight_matmuls(tmp / "model.onnx"):
+        log("int8: not applicable (the graph has no weight MatMul to quantise, e.g. a static student's lookup)")
     elif int8:
         report = try_int8(staged, calibration[:512] or sample, sample, index, min_overlap, log)
         (tmp / QUANT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
