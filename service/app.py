@@ -11,16 +11,19 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import scalingnote
 from scalingnote.service import lifecycle
+from scalingnote.service.asgi_body import body_headers, read_at_most, replay
 from scalingnote.service.batcher import Overloaded
 from scalingnote.service.deps import ServiceState
 from scalingnote.service.engine import Engine
+from scalingnote.service.fast_search import FastSearch
+from scalingnote.service.responses import error, overloaded
 from scalingnote.service.routes import api_router
-from scalingnote.service.schemas import ErrorBody
 from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
@@ -28,32 +31,32 @@ log = logging.getLogger("scalingnote.service")
 ROUTES = frozenset(
     {"/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/rollback", "/admin/index"}
 )
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "body_too_large", 422: "invalid_request", 429: "overloaded",
-         499: "client_closed", 503: "unavailable"}  # fmt: skip
 SEARCHES = frozenset({"/search", "/search/batch"})
 PROTECTED = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-
-
-def error(
-    status_code: int, message: str, details: list[dict] | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The JSON error response every failure gets."""
-    body = ErrorBody(error=CODES.get(status_code, "error"), message=message, details=details)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code, headers=headers)
 
 
 class ServiceMiddleware:
     """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), the API key on ``PROTECTED`` paths
     when ``api_key`` is given, 429 for searches the batcher would refuse anyway (before the body is parsed:
-    under overload the refusals must cost the event loop little), and request metrics by route/status."""
+    under overload the refusals must cost the event loop little), request metrics by route/status, and
+    ``POST /search`` through :class:`FastSearch` when ``fast_path`` is on."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, state: ServiceState, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        state: ServiceState,
+        api_key: str | None = None,
+        fast_path: bool = True,
+    ) -> None:
         self.app = app
         self.limit = max_body_bytes
         self.state = state
         self.metrics = state.metrics
         self.api_key = api_key
+        self.fast = FastSearch(app, state, max_body_bytes) if fast_path else None
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,8 +82,20 @@ class ServiceMiddleware:
             else:
                 await self._limited(scope, receive, send_wrapper)
         finally:
-            self.metrics.requests.labels(route=route, status=str(code)).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+            self._counter(route, code).inc()
+            self._latency(route).observe(time.perf_counter() - started)
+
+    def _counter(self, route: str, code: int) -> Counter:
+        """The request counter of ``route`` and ``code`` (looked up once: ``labels()`` takes a lock)."""
+        key = (route, code)
+        if (counter := self._counters.get(key)) is None:
+            counter = self._counters[key] = self.metrics.requests.labels(route=route, status=str(code))
+        return counter
+
+    def _latency(self, route: str) -> Histogram:
+        if (histogram := self._latencies.get(route)) is None:
+            histogram = self._latencies[route] = self.metrics.latency.labels(route=route)
+        return histogram
 
     def _refusal(self) -> Overloaded | None:
         """What the batcher would answer one more query now (None while not ready: the route says 503)."""
@@ -88,17 +103,19 @@ class ServiceMiddleware:
         return batcher.refusal(1) if batcher is not None and self.state.ready else None
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        length, chunked = _body_headers(scope)
+        length, chunked = body_headers(scope)
+        fast = scope["path"] == "/search" and scope["method"] == "POST"
+        app: ASGIApp = self.fast if fast and self.fast is not None else self.app
         if length is not None and length > self.limit:
             await self._too_large(scope, receive, send)
         elif chunked:  # no declared length: read up to the limit, then hand the body on
-            body = await _read_at_most(receive, self.limit)
+            body = await read_at_most(receive, self.limit)
             if body is None:
                 await self._too_large(scope, receive, send)
             else:
-                await self.app(scope, _replay(body, receive), send)
+                await app(scope, replay(body, receive), send)
         else:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error(status.HTTP_413_CONTENT_TOO_LARGE, f"request body larger than {self.limit} bytes")
@@ -106,51 +123,11 @@ class ServiceMiddleware:
         await response(scope, receive, send)
 
 
-def _body_headers(scope: Scope) -> tuple[int | None, bool]:
-    """(Content-Length if valid, whether the body is chunked)."""
-    length, chunked = None, False
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-    return length, chunked
-
-
-async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > limit:
-            return None
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
 def _has_key(scope: Scope, key: str) -> bool:
     """Whether the request carries ``key`` as ``X-API-Key`` or ``Authorization: Bearer`` (Prometheus)."""
     headers = dict(scope["headers"])
     given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
     return hmac.compare_digest(given, key.encode())
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The already-read ``body`` as one message, then the connection's own messages (its disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _describe(err: dict) -> str:
@@ -172,11 +149,6 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = f"invalid request body: {exc.detail} (not UTF-8 JSON, nested too deep, or a number too long)"
         return error(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
     return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-
-def overloaded(exc: Overloaded) -> JSONResponse:
-    """429 with Retry-After."""
-    return error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
 
 async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
@@ -216,5 +188,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(Exception, _unexpected)
     settings = state.settings
     key = settings.api_key.get_secret_value() if settings.protect_metrics_docs and settings.api_key else None
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, state=state, api_key=key)
+    app.add_middleware(
+        ServiceMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        state=state,
+        api_key=key,
+        fast_path=settings.fast_path,
+    )
     return app

@@ -73,6 +73,7 @@ class _Job:
     texts: list[str]
     k: int
     future: asyncio.Future[BatchOutput]
+    enqueued: float  # time.perf_counter()
 
 
 def _init_inference_thread(faiss_threads: int) -> None:
@@ -181,7 +182,7 @@ class Batcher:
         self._admit(len(texts))
         if self._depth == 0 and not self._running:
             self._progress_at = time.monotonic()  # an idle worker's stall clock starts with this job
-        job = _Job(texts, k, asyncio.get_running_loop().create_future())
+        job = _Job(texts, k, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._pending.append(job)
         self._depth += len(texts)
         self.metrics.queue_depth.set(self._depth)
@@ -247,6 +248,9 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             self._batch = [job for job in await self._gather() if not job.future.done()]
+            queue, now = self.metrics.stages["queue"], time.perf_counter()
+            for job in self._batch:
+                queue.observe(now - job.enqueued)
             if self._batch:
                 await self._execute(self._batch)
             self._batch = []
@@ -284,6 +288,8 @@ class Batcher:
             self._running = False
             self._progress_at = time.monotonic()
         self._observe(time.perf_counter() - started, len(texts))
+        for name, seconds in out.stages.items():
+            self.metrics.stages[name].observe(seconds)
         return out
 
     def _observe(self, seconds: float, queries: int) -> None:

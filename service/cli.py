@@ -1,4 +1,4 @@
-"""``scalingnote serve``: the /search service under uvicorn (one worker; heavy imports stay lazy)."""
+"""``scalingnote serve``: the /search service under uvicorn (``SCALINGNOTE_WORKERS`` processes; heavy imports lazy)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def serve_command(
 ) -> None:
     """Serve POST /search over the bundle's ONNX encoder and the index (see service/README.md for settings)."""
     import logging
+    import os
 
     import uvicorn
     from pydantic import ValidationError
@@ -37,12 +38,13 @@ def serve_command(
         raise UserError(f"invalid settings (SCALINGNOTE_* env, .env or options): {validation_message(exc)}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = Engine.from_settings(settings)  # fails fast (exit 2) on a mismatched or corrupt bundle/index
-    uvicorn.run(
-        create_app(settings, engine),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=DRAIN_SECONDS,
+    run = {"host": settings.host, "port": settings.port, "access_log": settings.access_log}
+    run |= {"log_level": settings.log_level, "timeout_graceful_shutdown": DRAIN_SECONDS}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, engine), **run)
+        return
+    del engine  # checked; each worker process loads its own
+    os.environ.update(
+        {f"SCALINGNOTE_{name.upper()}": str(value) for name, value in overrides.items() if value is not None}
     )
+    uvicorn.run(f"{create_app.__module__}:create_app", factory=True, workers=settings.workers, **run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,11 +33,13 @@ OPEN_ERRORS = (UserError, OSError, RuntimeError, ValueError)  # what a broken in
 
 @dataclass
 class BatchOutput:
-    """Per query: hits and whether the query was truncated; plus the index version that answered."""
+    """Per query: hits and whether the query was truncated; plus the index version that answered and the
+    batch's stage times in seconds (tokenize, encode, search)."""
 
     hits: list[list[Hit]]
     truncated: list[bool]
     version: str
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -209,8 +212,15 @@ class Engine:
         with self.lease() as gen:
             index = gen.index
             assert index is not None  # a leased generation is never released
-            vectors, truncated = self.encoder.encode_with_flags(texts)
-            return BatchOutput(hits_by_k(index, vectors, ks), truncated, gen.version)
+            started = time.perf_counter()
+            encodings = self.encoder.tokenize(texts)
+            tokenized = time.perf_counter()
+            vectors = self.encoder.run(encodings)
+            encoded = time.perf_counter()
+            hits = hits_by_k(index, vectors, ks)
+            stages = {"tokenize": tokenized - started, "encode": encoded - tokenized}
+            stages["search"] = time.perf_counter() - encoded
+            return BatchOutput(hits, [bool(e.overflowing) for e in encodings], gen.version, stages)
 
 
 def bundle_encoder(settings: Settings) -> BundleEncoder:

@@ -14,6 +14,9 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGE_BUCKETS = (2.5e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+                 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)  # fmt: skip
+STAGES = ("parse", "queue", "tokenize", "encode", "search", "serialize")
 
 
 class Metrics:
@@ -41,6 +44,15 @@ class Metrics:
         self.inference = Histogram(
             "scalingnote_batch_seconds", "Encode + search time of one batch.", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.stage = Histogram(
+            "scalingnote_stage_seconds",
+            "Where a /search goes: parse and serialize per request (fast path), queue per request (enqueued to "
+            "its batch starting), tokenize, encode and search per batch.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stages = {name: self.stage.labels(stage=name) for name in STAGES}
         self.queue_depth = Gauge("scalingnote_queue_depth", "Queries waiting for a batch.", registry=r)
         self.rejected = Counter(
             "scalingnote_rejected", "Requests refused with 429 (queue full or over its wait budget).", registry=r

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         None, description="A Milvus Lite .db file (one process only), or http://host:port (Lite server, cluster)."
     )
     milvus_alias: str = Field(DEFAULT_ALIAS, pattern=ALIAS_PATTERN, description="Milvus alias the service follows.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing the port, each with its own engine, batcher and metrics "
+        "(RAM x workers; /metrics shows the process that answers the scrape).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(
@@ -47,6 +53,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Python's GIL switch interval: how long the event loop may hold the GIL while the "
         "inference thread waits for it after a native call.",
+    )
+    fast_path: bool = Field(
+        True,
+        description="Answer valid POST /search bodies in a plain-ASGI path (same model, batcher and response); "
+        "false sends every request through the FastAPI route.",
     )
     max_batch_size: int = Field(4, ge=1, description="Most queries merged into one ONNX + FAISS call (1 = off).")
     max_wait_us: int = Field(0, ge=0, description="Longest a batch waits to fill once its first query is there.")

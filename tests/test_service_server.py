@@ -194,3 +194,28 @@ def test_no_5xx_from_any_client_input(tiny: Space, serve) -> None:
             fuzz()
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'status="5' not in metrics and 'route="/search",status="200"' in metrics
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Live multiprocessing-spawned children of ``pid`` (uvicorn's worker processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_are_processes_sharing_the_port(tiny: Space, serve) -> None:
+    with serve(tiny.bundle, tiny.index, workers=2) as server:
+        workers = _spawned_children(server.proc.pid)
+        assert len(workers) == 2, workers
+        for i in range(40):  # a new connection each: the kernel hands them to either worker
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                r = client.post("/search", json={"query": f"gene {i}", "k": 3})
+            assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))

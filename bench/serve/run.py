@@ -5,17 +5,22 @@
 
 Systems, each started as its own process on 127.0.0.1 and measured in turn with the C load generator:
 
-* ``service``: this app, dynamic batching on (the settings in force, see service/README.md);
+* ``service``: this app, dynamic batching on (the ``SCALINGNOTE_*`` settings in force, see service/README.md);
+* ``tier_NAME`` (``--tier NAME=BUNDLE[:HOLD_RATE]``): the same service over another bundle (teacher, static);
+* ``d_fastapi_route``: this app with ``SCALINGNOTE_FAST_PATH=false`` (every request through FastAPI's route);
 * ``a_no_batching``: this app with ``SCALINGNOTE_MAX_BATCH_SIZE=1``;
-* ``b_naive_torch``: bench/serve/naive_torch.py, a plain FastAPI endpoint running transformers+torch per request;
+* ``b_sentence_transformers``: bench/serve/st_fastapi.py, a plain FastAPI endpoint running sentence-transformers
+  (torch) per request over ``--query-model``;
 * ``c_infinity``: infinity-emb (its ONNX/optimum engine, own venv in .cache/) serving the query tower's
   backbone, embeddings only (no FAISS), if it installs (``--infinity-venv``; see install_infinity.sh).
 
 Per system: a closed loop at each ``--concurrency`` and an open loop (``--arrivals``, Poisson by default;
 latency from each request's due time) at each ``--rates``; the open loop stops at the first rate where the
-system saturates. For the service it also finds the highest rate holding p99 <= ``--slo-ms``, holds
-``--hold-rate`` for ``--hold-duration``, and runs the burst case (``--burst-size`` requests at once, at an
-average of ``--burst-rate``). Writes results.json, latency_vs_throughput.png and a table in bench/README.md.
+system saturates. For the service and its tiers it also finds the highest rate holding p99 <= ``--slo-ms``,
+holds ``--hold-rate`` (a tier: its own) for ``--hold-duration`` and reads the per-stage histograms of
+/metrics around every run (one worker's, when ``SCALINGNOTE_WORKERS`` > 1); for the service it runs the burst
+case (``--burst-size`` requests at once, at an average of ``--burst-rate``). Writes results.json,
+latency_vs_throughput.png and a table in bench/README.md.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = REPO
     ready_path: str = "/readyz"
+    stages: bool = False  # a scalingnote service: /metrics has the per-stage histograms
+    hold_rate: float | None = None  # also hold this rate for --hold-duration (scalingnote services)
 
 
 @dataclass
@@ -119,8 +126,16 @@ def stop(running: Running) -> None:
         running.proc.wait()
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU counters (``/proc/stat``, all cores): user nice system idle iowait irq softirq steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
 def measure(running: Running, binary: Path, **load: Any) -> dict:
-    """One bounded load run, plus the server's and the load generator's CPU use (cores) and the load average."""
+    """One bounded load run, plus the server's and the load generator's CPU use (cores), the machine's busy
+    and stolen cores (steal: time the hypervisor gave to other guests) and the load average."""
+    machine_before = cpu_times()
+    scrape_before = scrape(running.port) if running.system.stages else ""
     before_srv = cpu_seconds(running.proc.pid)
     before_gen = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -132,15 +147,76 @@ def measure(running: Running, binary: Path, **load: Any) -> dict:
     gen_cpu = (after_gen.ru_utime + after_gen.ru_stime) - (before_gen.ru_utime + before_gen.ru_stime)
     stats["loadgen_cpu_cores"] = round(gen_cpu / wall, 3)
     stats["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    delta = [b - a for a, b in zip(machine_before, cpu_times(), strict=True)]
+    cores = (os.cpu_count() or 1) / max(sum(delta), 1)
+    stats["machine_busy_cores"] = round((sum(delta) - delta[3] - delta[4] - delta[7]) * cores, 2)
+    stats["machine_steal_cores"] = round(delta[7] * cores, 2)
+    if running.system.stages:
+        stats["stages"] = stage_delta(scrape_before, scrape(running.port))
     p = stats["latency_ms"]
     print(
         f"  {running.system.name:14} {stats['mode']:6} {load.get('rate') or load.get('concurrency'):>6}: "
         f"{stats['throughput_rps']:7.1f} req/s  p50 {p.get('p50', float('nan')):8.2f}  "
         f"p99 {p.get('p99', float('nan')):8.2f} ms  failed {stats['failed']}  "
-        f"cpu srv {stats['server_cpu_cores']} gen {stats['loadgen_cpu_cores']}",
+        f"cpu srv {stats['server_cpu_cores']} gen {stats['loadgen_cpu_cores']} steal {stats['machine_steal_cores']}",
         flush=True,
     )
     return stats
+
+
+def scrape(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def _stage_histograms(text: str) -> dict[str, dict]:
+    """``scalingnote_stage_seconds`` of a scrape: per stage, cumulative bucket counts by bound, sum and count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "scalingnote_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = out.setdefault(sample.labels["stage"], {"buckets": {}, "sum": 0.0, "count": 0.0})
+            if sample.name.endswith("_bucket"):
+                stage["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_sum"):
+                stage["sum"] = sample.value
+            elif sample.name.endswith("_count"):
+                stage["count"] = sample.value
+    return out
+
+
+def _quantile(q: float, bounds: list[float], cumulative: list[float]) -> float:
+    """Prometheus's histogram_quantile: linear within the bucket that holds the q-th observation."""
+    rank, lower, below = q * cumulative[-1], 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def stage_delta(before: str, after: str) -> dict[str, dict]:
+    """Per stage, what one run added: observations, mean and p50/p99 (from the histogram buckets), in ms."""
+    old, new = _stage_histograms(before), _stage_histograms(after)
+    out = {}
+    for stage, hist in new.items():
+        prev = old.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = hist["count"] - prev["count"]
+        if count <= 0:
+            continue
+        bounds = sorted(hist["buckets"])
+        cumulative = [hist["buckets"][b] - prev["buckets"].get(b, 0.0) for b in bounds]
+        out[stage] = {
+            "count": int(count),
+            "mean_ms": round((hist["sum"] - prev["sum"]) / count * 1000, 4),
+            "p50_ms": round(_quantile(0.5, bounds, cumulative) * 1000, 4),
+            "p99_ms": round(_quantile(0.99, bounds, cumulative) * 1000, 4),
+        }
+    return out
 
 
 def saturated(stats: dict) -> bool:
@@ -152,6 +228,8 @@ def holds(stats: dict, slo_ms: float) -> bool:
 
 
 def bench_system(running: Running, binary: Path, args: argparse.Namespace, is_service: bool) -> dict:
+    """Closed loop, then the open-loop sweep; for scalingnote services also the highest rate within the SLO and
+    the hold (at the system's hold rate); for the main service (``is_service``) the burst case too."""
     out: dict = {"closed": [], "open": []}
     loadgen.run(
         binary, running.port, running.system.bodies, path=running.system.path, concurrency=8, duration=args.warmup
@@ -168,15 +246,16 @@ def bench_system(running: Running, binary: Path, args: argparse.Namespace, is_se
         if saturated(stats):
             saturated_at = rate
     out["saturation_rps"] = max(s["throughput_rps"] for s in out["closed"] + out["open"] if "skipped" not in s)
-    if is_service:
+    system = running.system
+    if system.stages:
         out["max_rate_within_slo"] = max_rate(running, binary, args, out["open"])
-        if args.hold_duration > 0:
+        if args.hold_duration > 0 and system.hold_rate:
             out["hold"] = measure(
-                running, binary, rate=args.hold_rate, duration=args.hold_duration, arrivals=args.arrivals
+                running, binary, rate=system.hold_rate, duration=args.hold_duration, arrivals=args.arrivals
             )
-        if args.burst_size > 1:
-            burst = {"arrivals": "burst", "burst": args.burst_size}
-            out["burst"] = measure(running, binary, rate=args.burst_rate, duration=args.duration, **burst)
+    if is_service and args.burst_size > 1:
+        burst = {"arrivals": "burst", "burst": args.burst_size}
+        out["burst"] = measure(running, binary, rate=args.burst_rate, duration=args.duration, **burst)
     return out
 
 
@@ -305,7 +384,9 @@ def markdown(results: dict) -> str:
         f"({cfg['variant']}), index {cfg['index_docs']} docs; queries: MS MARCO dev-small, k=10. "
         "Load from `bench/serve/loadgen.c` on the same machine (open loop: "
         f"{cfg.get('arrivals', 'even')} arrivals, latency counted from each request's due time). "
-        "Load average during the runs is in results.json.",
+        "Load average during the runs is in results.json. Service settings: "
+        + (" ".join(f"`{k}={v}`" for k, v in cfg.get("service_env", {}).items()) or "the defaults")
+        + ". Stolen cores: CPU time the hypervisor gave to other guests during the run (`/proc/stat` steal).",
         "",
     ]
     if cfg["bundle_name"].startswith("proxy-"):
@@ -315,8 +396,9 @@ def markdown(results: dict) -> str:
             "",
         ]
     lines += [
-        "| system | loop | offered | throughput (req/s) | p50 ms | p95 ms | p99 ms | failed | server CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | loop | offered | throughput (req/s) | p50 ms | p95 ms | p99 ms | failed | server CPU (cores) "
+        "| stolen (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in systems.values():
         if "open" not in res:
@@ -324,44 +406,74 @@ def markdown(results: dict) -> str:
         for s in res["closed"] + res["open"]:
             offered = f"c={s['concurrency']}" if s["mode"] == "closed" else f"{s['rate']:g}/s"
             if "skipped" in s:
-                lines.append(f"| {res['label']} | open | {offered} | {s['skipped']} | | | | | |")
+                lines.append(f"| {res['label']} | open | {offered} | {s['skipped']} | | | | | | |")
                 continue
             p = s["latency_ms"]
             lines.append(
                 f"| {res['label']} | {s['mode']} | {offered} | {s['throughput_rps']:.1f} | {_fmt(p.get('p50'), 2)} | "
-                f"{_fmt(p.get('p95'), 2)} | {_fmt(p.get('p99'), 2)} | {s['failed']} | {s['server_cpu_cores']} |"
+                f"{_fmt(p.get('p95'), 2)} | {_fmt(p.get('p99'), 2)} | {s['failed']} | {s['server_cpu_cores']} | "
+                f"{s.get('machine_steal_cores', '–')} |"
             )
     service = systems.get("service", {})
     lines += ["", "**Summary**", ""]
-    if "max_rate_within_slo" in service:
-        m = service["max_rate_within_slo"]
-        lines.append(
-            f"- highest offered rate with p99 ≤ {m['slo_p99_ms']:g} ms and 0 errors: **{m['rate']:g} req/s** "
-            f"(first failing: {_fmt(m['first_failing_rate'], 0)})"
-        )
-    if "hold" in service:
-        h = service["hold"]
-        lines.append(
-            f"- hold {h['rate']:g} req/s for {h['duration_s']:g} s: p99 {_fmt(h['latency_ms'].get('p99'), 2)} ms, "
-            f"{h['failed']} failed of {h['requests']}"
-        )
+    for res in systems.values():
+        if "max_rate_within_slo" in res:
+            m = res["max_rate_within_slo"]
+            lines.append(
+                f"- {res['label']}: highest offered rate with p99 ≤ {m['slo_p99_ms']:g} ms and 0 errors: "
+                f"**{m['rate']:g} req/s** (first failing: {_fmt(m['first_failing_rate'], 0)})"
+            )
+        if "hold" in res:
+            h = res["hold"]
+            lines.append(
+                f"- {res['label']}: hold {h['rate']:g} req/s ({h['arrivals']}) for {h['duration_s']:g} s: "
+                f"p50 {_fmt(h['latency_ms'].get('p50'), 2)} ms, p99 {_fmt(h['latency_ms'].get('p99'), 2)} ms, "
+                f"{h['failed']} failed of {h['requests']}"
+            )
     if "burst" in service:
         b = service["burst"]
         lines.append(
-            f"- bursts of {b['burst']} at once, {b['rate']:g} req/s on average, {b['duration_s']:g} s: "
-            f"p50 {_fmt(b['latency_ms'].get('p50'), 2)} ms, p99 {_fmt(b['latency_ms'].get('p99'), 2)} ms, "
-            f"{b['failed']} failed of {b['requests']}"
+            f"- {service['label']}: bursts of {b['burst']} at once, {b['rate']:g} req/s on average, "
+            f"{b['duration_s']:g} s: p50 {_fmt(b['latency_ms'].get('p50'), 2)} ms, "
+            f"p99 {_fmt(b['latency_ms'].get('p99'), 2)} ms, {b['failed']} failed of {b['requests']}"
         )
     base = service.get("saturation_rps")
     for res in systems.values():
         if "saturation_rps" in res:
-            ratio = f" (service = {base / res['saturation_rps']:.2f}×)" if base and res is not service else ""
+            baseline = base and res is not service and not res["label"].startswith("service, ")
+            ratio = f" (service = {base / res['saturation_rps']:.2f}×)" if baseline else ""
             runs = [s["loadavg_1m"] for s in res["closed"] + res["open"] if "loadavg_1m" in s]
             load = f"; machine load average during its runs {min(runs):.1f}–{max(runs):.1f}" if runs else ""
             lines.append(f"- saturation throughput {res['label']}: {res['saturation_rps']:.1f} req/s{ratio}{load}")
         elif "skipped" in res:
             lines.append(f"- {res['label']}: not run ({res['skipped']})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + stage_table(systems)) + "\n"
+
+
+def stage_table(systems: dict) -> list[str]:
+    """Where a request's time goes, per service and tier, in its hold run (else its last open-loop run)."""
+    rows = []
+    for res in systems.values():
+        runs = [res["hold"]] if "hold" in res else [s for s in res.get("open", []) if "stages" in s][-1:]
+        if runs and runs[0].get("stages"):
+            rows.append((res["label"], runs[0]))
+    if not rows:
+        return []
+    stages = ("parse", "queue", "tokenize", "encode", "search", "serialize")
+    lines = [
+        "",
+        "**Where the time goes** (server-side per-stage histograms from `/metrics`, mean / p99 in ms; parse, queue "
+        "and serialize per request, tokenize, encode and search per batch; one worker's when several run):",
+        "",
+        "| system | run | " + " | ".join(stages) + " | mean batch |",
+        "|---|---|" + "---|" * len(stages) + "---|",
+    ]
+    for label, run in rows:
+        st = run["stages"]
+        cells = [f"{st[x]['mean_ms']:.3f} / {st[x]['p99_ms']:.3f}" if x in st else "–" for x in stages]
+        batch = st["queue"]["count"] / st["encode"]["count"] if "queue" in st and "encode" in st else None
+        lines.append(f"| {label} | {run['rate']:g}/s | " + " | ".join(cells) + f" | {_fmt(batch, 2)} |")
+    return lines
 
 
 def update_readme(section: str, name: str = BENCH_BLOCK) -> None:
@@ -379,7 +491,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "bundle-minilm")
     p.add_argument("--index", type=Path, default=REPO / "artifacts" / "minilm-scifact", help="Index dir or root.")
-    p.add_argument("--query-model", default="minilm-l6", help="The bundle's torch query tower (baselines b, c).")
+    p.add_argument("--name", default="student", help="What --bundle is, for the labels (e.g. 4-layer int8).")
+    p.add_argument("--query-model", default="minilm-l6", help="Query model of baselines b and c (built-in or dir).")
     p.add_argument("--queries", type=Path, default=None, help="qid<TAB>text (default: MS MARCO dev-small).")
     p.add_argument("--rates", type=floats, default=[100, 200, 300, 400, 600])
     p.add_argument("--duration", type=float, default=30.0, help="Seconds per open-loop rate.")
@@ -394,7 +507,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bisect-duration", type=float, default=20.0)
     p.add_argument("--hold-rate", type=float, default=300.0)
     p.add_argument("--hold-duration", type=float, default=60.0)
-    p.add_argument("--systems", default="service,a_no_batching,b_naive_torch,c_infinity")
+    p.add_argument("--systems", default="service,d_fastapi_route,a_no_batching,b_sentence_transformers,c_infinity")
+    p.add_argument(
+        "--tier",
+        action="append",
+        default=[],
+        help="NAME=BUNDLE[:HOLD_RATE]: another bundle served the same way (sweep, SLO rate, hold), for the figure.",
+    )
     p.add_argument("--infinity-venv", type=Path, default=REPO / ".cache" / "infinity-venv")
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true", help="3-5 s per point, no hold, no README: to try the harness.")
@@ -439,24 +558,22 @@ def main() -> None:
         "{port}",
     ]
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("SCALINGNOTE_")}
+
+    def service(name: str, label: str, bundle_dir: Path, hold: float | None, **env: str) -> System:
+        cmd = [str(bundle_dir.resolve()) if c == str(args.bundle.resolve()) else c for c in serve]
+        return System(name, label, cmd, "/search", search_bodies, env=passthrough | env, stages=True, hold_rate=hold)
+
     builders: dict[str, Callable[[], System | str]] = {
-        "service": lambda: System(
-            "service", "service (dynamic batching)", serve, "/search", search_bodies, env=passthrough
+        "service": lambda: service("service", f"service, {args.name}", args.bundle, args.hold_rate),
+        "a_no_batching": lambda: service(
+            "a_no_batching", "(a) service, batching off", args.bundle, None, SCALINGNOTE_MAX_BATCH_SIZE="1"
         ),
-        "a_no_batching": lambda: System(
-            "a_no_batching",
-            "(a) service, batching off",
-            serve,
-            "/search",
-            search_bodies,
-            env=passthrough | {"SCALINGNOTE_MAX_BATCH_SIZE": "1"},
-        ),
-        "b_naive_torch": lambda: System(
-            "b_naive_torch",
-            "(b) naive FastAPI + torch",
+        "b_sentence_transformers": lambda: System(
+            "b_sentence_transformers",
+            "(b) sentence-transformers + FastAPI",
             [
                 sys.executable,
-                str(HERE / "naive_torch.py"),
+                str(HERE / "st_fastapi.py"),
                 "--model",
                 args.query_model,
                 "--index",
@@ -468,7 +585,20 @@ def main() -> None:
             search_bodies,
         ),
         "c_infinity": lambda: infinity_system(args, embed_bodies, work),
+        "d_fastapi_route": lambda: service(
+            "d_fastapi_route",
+            "(d) service, FastAPI route (fast path off)",
+            args.bundle,
+            None,
+            SCALINGNOTE_FAST_PATH="false",
+        ),
     }
+    for tier in args.tier:
+        name, _, spec = tier.partition("=")
+        path, _, hold = spec.partition(":")
+        builders[f"tier_{name}"] = lambda n=name, p=Path(path), h=hold: service(
+            f"tier_{n}", f"service, {n}", p, float(h) if h else None
+        )
     results: dict = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {
@@ -497,7 +627,7 @@ def main() -> None:
         },
         "systems": {},
     }
-    for name in args.systems.split(","):
+    for name in [*args.systems.split(","), *(f"tier_{t.partition('=')[0]}" for t in args.tier)]:
         system = builders[name]()
         if isinstance(system, str):
             print(f"{name}: skipped: {system}", flush=True)

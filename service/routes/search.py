@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from asyncio import FIRST_COMPLETED
 
 from fastapi import APIRouter, HTTPException, Request, status
+from starlette.types import Receive
 
 from scalingnote.service import engine
 from scalingnote.service.deps import BatcherDep, SettingsDep
@@ -18,9 +18,11 @@ from scalingnote.service.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from scalingnote.service.settings import Settings
 
 router = APIRouter(tags=["search"])
 CLIENT_CLOSED = 499  # nginx's "client closed request": only ever logged, the client is gone
+WATCH_AFTER_S = 0.005  # a job still waiting after this starts watching for its client's disconnect
 
 ERRORS: dict[int | str, dict] = {
     code: {"model": ErrorBody, "description": text}
@@ -33,34 +35,63 @@ ERRORS: dict[int | str, dict] = {
 }
 
 
-async def _client_gone(request: Request) -> None:
-    """Return once the client disconnects (the body is read: the next ASGI message is ``http.disconnect``)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def check_hit_cap(settings: Settings, queries: int, k: int) -> None:
+    """422 when ``queries`` x ``k`` is over ``max_hits_per_request``."""
+    if queries * k > settings.max_hits_per_request:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{queries} queries x k={k} asks for more than SCALINGNOTE_MAX_HITS_PER_REQUEST "
+            f"({settings.max_hits_per_request}) hits",
+        )
+
+
+async def await_job(job: asyncio.Future[engine.BatchOutput], receive: Receive, timeout: float) -> engine.BatchOutput:
+    """The job's output; a job that times out or whose client goes away is cancelled, so never computed.
+
+    A job answered within ``WATCH_AFTER_S`` (nearly all of them) costs two timer handles: only a job still
+    waiting then gets a task that watches for the client's disconnect (the body is read, so the next ASGI
+    message is ``http.disconnect``)."""
+    loop = asyncio.get_running_loop()
+    reason: list[HTTPException] = []
+    watcher: asyncio.Task[None] | None = None
+
+    def give_up(exc: HTTPException) -> None:
+        if not job.done():
+            reason.append(exc)
+            job.cancel()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        give_up(HTTPException(CLIENT_CLOSED, "client disconnected before its results were computed"))
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timers = (
+        loop.call_later(min(WATCH_AFTER_S, timeout), start_watching),
+        loop.call_later(timeout, give_up, HTTPException(503, "request timed out waiting for a batch")),
+    )
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if reason:
+            raise reason[0] from None
+        raise
+    finally:
+        for timer in timers:
+            timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        job.cancel()  # no-op once it has its result
 
 
 async def _run(
     request: Request, batcher: BatcherDep, settings: SettingsDep, texts: list[str], k: int
 ) -> engine.BatchOutput:
-    """The job's output; a job that times out or whose client goes away is cancelled, so never computed."""
-    if len(texts) * k > settings.max_hits_per_request:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"{len(texts)} queries x k={k} asks for more than SCALINGNOTE_MAX_HITS_PER_REQUEST "
-            f"({settings.max_hits_per_request}) hits",
-        )
-    job = batcher.enqueue(texts, k)
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait((job, gone), timeout=settings.request_timeout_s, return_when=FIRST_COMPLETED)
-    finally:
-        job.cancel()  # no-op once it has its result
-        gone.cancel()
-    if job in done:
-        return job.result()
-    if gone in done:
-        raise HTTPException(CLIENT_CLOSED, "client disconnected before its results were computed")
-    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "request timed out waiting for a batch")
+    check_hit_cap(settings, len(texts), k)
+    return await await_job(batcher.enqueue(texts, k), request.receive, settings.request_timeout_s)
 
 
 @router.post("/search", response_model_exclude_none=True, responses=ERRORS)
