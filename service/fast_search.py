@@ -52,7 +52,7 @@ class FastSearch:
 
     def _request(self, scope: Scope, body: bytes) -> SearchRequest | None:
         """The valid request in ``body``, or None when the route must answer it."""
-        if not self.state.ready or self.state.batcher is None or not _is_json(scope):
+        if not self.state.ready or not _is_json(scope):
             return None
         try:
             request = SearchRequest.model_validate_json(body)
