@@ -8,6 +8,7 @@ projection and L2 normalisation inside the graph.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,8 +99,17 @@ class BundleEncoder:
 
     def encode_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Embeddings [N, dim] in one call and, per text, whether it was cut to ``max_length`` tokens."""
+        vectors, truncated, _ = self.encode_timed(texts)
+        return vectors, truncated
+
+    def encode_timed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool], dict[str, float]]:
+        """:meth:`encode_with_flags` plus the seconds spent tokenizing (``tokenize``) and in ONNX (``encode``)."""
+        started = time.perf_counter()
         encodings = self.tokenize(texts)
-        return self.run(encodings), [bool(e.overflowing) for e in encodings]
+        tokenized = time.perf_counter()
+        vectors = self.run(encodings)
+        seconds = {"tokenize": tokenized - started, "encode": time.perf_counter() - tokenized}
+        return vectors, [bool(e.overflowing) for e in encodings], seconds
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed any number of texts in batches of similar token length."""

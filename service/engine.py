@@ -212,15 +212,11 @@ class Engine:
         with self.lease() as gen:
             index = gen.index
             assert index is not None  # a leased generation is never released
-            started = time.perf_counter()
-            encodings = self.encoder.tokenize(texts)
-            tokenized = time.perf_counter()
-            vectors = self.encoder.run(encodings)
+            vectors, truncated, stages = self.encoder.encode_timed(texts)
             encoded = time.perf_counter()
             hits = hits_by_k(index, vectors, ks)
-            stages = {"tokenize": tokenized - started, "encode": encoded - tokenized}
             stages["search"] = time.perf_counter() - encoded
-            return BatchOutput(hits, [bool(e.overflowing) for e in encodings], gen.version, stages)
+            return BatchOutput(hits, truncated, gen.version, stages)
 
 
 def bundle_encoder(settings: Settings) -> BundleEncoder:

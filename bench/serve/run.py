@@ -547,21 +547,18 @@ def main() -> None:
     binary = loadgen.build(work)
     index_dir = versions.current_path(args.index) if versions.is_root(args.index) else args.index
     bundle = read_bundle_manifest(args.bundle)
-    serve = [
-        str(Path(sys.executable).with_name("scalingnote")),
-        "serve",
-        "--bundle",
-        str(args.bundle.resolve()),
-        "--index",
-        str(args.index.resolve()),
-        "--port",
-        "{port}",
-    ]
+
+    def serve(bundle_dir: Path) -> list[str]:
+        index = str(args.index.resolve())
+        cli = str(Path(sys.executable).with_name("scalingnote"))
+        return [cli, "serve", "--bundle", str(bundle_dir.resolve()), "--index", index, "--port", "{port}"]
+
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("SCALINGNOTE_")}
 
     def service(name: str, label: str, bundle_dir: Path, hold: float | None, **env: str) -> System:
-        cmd = [str(bundle_dir.resolve()) if c == str(args.bundle.resolve()) else c for c in serve]
-        return System(name, label, cmd, "/search", search_bodies, env=passthrough | env, stages=True, hold_rate=hold)
+        return System(
+            name, label, serve(bundle_dir), "/search", search_bodies, env=passthrough | env, stages=True, hold_rate=hold
+        )
 
     builders: dict[str, Callable[[], System | str]] = {
         "service": lambda: service("service", f"service, {args.name}", args.bundle, args.hold_rate),

@@ -71,7 +71,11 @@ async def await_job(job: asyncio.Future[engine.BatchOutput], receive: Receive, t
 
     timers = (
         loop.call_later(min(WATCH_AFTER_S, timeout), start_watching),
-        loop.call_later(timeout, give_up, HTTPException(503, "request timed out waiting for a batch")),
+        loop.call_later(
+            timeout,
+            give_up,
+            HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "request timed out waiting for a batch"),
+        ),
     )
     try:
         return await job
