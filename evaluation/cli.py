@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scalingnote.choices import Mode, VariantChoice
 from scalingnote.errors import UserError
 
 
@@ -22,7 +23,10 @@ def eval_command(
         str | None, typer.Option(help="Built-in name, model/tower/teacher directory or ONNX bundle.")
     ] = None,
     bm25: Annotated[bool, typer.Option("--bm25", help="Score the BM25 baseline instead of a dense index.")] = False,
-    variant: Annotated[str, typer.Option(help="Bundle variant: auto, fp32, int8 or fp16.")] = "auto",
+    mode: Annotated[
+        Mode, typer.Option(help="With --index: dense, bm25 (the index's, else one over the corpus) or hybrid (RRF).")
+    ] = "dense",
+    variant: Annotated[VariantChoice, typer.Option(help="Bundle variant (auto: int8 on CPU, fp16 on GPU).")] = "auto",
     k: Annotated[int, typer.Option(min=1, help="Results retrieved per query.")] = 100,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and run info to this file.")] = None,
 ) -> None:
@@ -44,8 +48,8 @@ def eval_command(
     else:
         from scalingnote.evaluation.dense import dense_run
 
-        run, timing = dense_run(index, query_encoder, queries, k, variant)
-        system = f"{query_encoder} -> {index}"
+        run, timing = dense_run(index, query_encoder, queries, k, variant, mode, ds.corpus)
+        system = f"{query_encoder} -> {index}" + ("" if mode == "dense" else f" ({mode})")
     metrics = evaluate(ds.qrels[split], run)
     result = {
         "system": system,

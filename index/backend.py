@@ -7,11 +7,13 @@ from typing import Protocol
 import numpy as np
 
 from scalingnote.artifacts import IndexManifest
+from scalingnote.index.query import Mode, SearchSpec
 from scalingnote.index.store import Hit
 
 
 class SearchIndex(Protocol):
-    """One loaded index version: its manifest, dimension, where it lives, and top-k search."""
+    """One loaded index version: its manifest, dimension, where it lives, the retrieval modes it holds, batched
+    dense top-k search, and one query as a :class:`SearchSpec` asks (mode, filter, fields, score floor)."""
 
     manifest: IndexManifest
 
@@ -25,4 +27,14 @@ class SearchIndex(Protocol):
 
     def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` documents of each query vector, best first."""
+        ...
+
+    @property
+    def modes(self) -> tuple[Mode, ...]: ...
+
+    @property
+    def default_mode(self) -> Mode: ...
+
+    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
+        """The hits of one query (its vector, shape (1, dim), and its text) as ``spec`` asks."""
         ...

@@ -42,7 +42,9 @@ from scalingnote.artifacts import (
 from scalingnote.beir import Document, load_corpus, load_queries
 from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import ann_tuning, faiss_backend
+from scalingnote.index.docstore import DOCSTORE_FILE, write_docstore
 from scalingnote.index.embed_cache import EmbeddingCache, text_hash
+from scalingnote.index.lexical import Lexical
 from scalingnote.index.ray_build import RayOptions, embed_with_ray
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
 from scalingnote.paths import index_cache_root
@@ -158,15 +160,21 @@ def _publish(
     dataset: Path,
     counts: VectorCounts,
     recall: tuple[float, np.ndarray, str] | None = None,
+    bm25: bool = False,
 ) -> IndexManifest:
-    """Build the FAISS index of ``vectors`` and publish it with its doc list and manifest at ``out``;
-    ``recall`` (target, held-out query vectors, their source) picks and records its search parameters."""
+    """Build the FAISS index of ``vectors`` and publish it with its doc list, document store (and with ``bm25``
+    a BM25 index) and manifest at ``out``; ``recall`` (target, held-out query vectors, their source) picks and
+    records its search parameters."""
     index = faiss_backend.build(vectors, factory)
     search = None if recall is None else ann_tuning.tune(index, vectors, recall[1], recall[0], recall[2])
     tmp = staging_dir(out)
     faiss.write_index(index, str(tmp / INDEX_FILE))
     docs_json = {"ids": [d.id for d in docs], "titles": [d.title for d in docs]}
     (tmp / DOCS_FILE).write_text(json.dumps(docs_json, ensure_ascii=False), encoding="utf-8")
+    write_docstore(tmp / DOCSTORE_FILE, docs)
+    files = [INDEX_FILE, DOCS_FILE, DOCSTORE_FILE]
+    if bm25:
+        files += Lexical.build([d.full_text for d in docs]).save(tmp)
     manifest = IndexManifest(
         version=new_version_id(),
         space=space,
@@ -175,7 +183,7 @@ def _publish(
         factory=factory,
         dataset=str(dataset.resolve()),
         created_at=now_iso(),
-        files=checksums(tmp, [INDEX_FILE, DOCS_FILE]),
+        files=checksums(tmp, files),
         vectors=counts,
         search=search,
     )
@@ -200,8 +208,10 @@ def build_index(
     ray: RayOptions | None = None,
     recall_target: float | None = None,
     tune_queries: Path | None = None,
+    bm25: bool = False,
 ) -> IndexManifest:
-    """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``.
+    """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``
+    (with ``bm25``, a BM25 index beside it, for the bm25 and hybrid modes).
 
     ``embed_cache``: the embedding cache root (vectors of unchanged texts are reused); ``previous_ids``: the
     documents of the version this one replaces, to count the dropped ones in the manifest; ``ray``: embed on
@@ -236,7 +246,7 @@ def build_index(
     recall = None
     if recall_target is not None:
         recall = (recall_target, *_tuning_queries(dataset, ref, tower, tune_queries, vectors, dtype))
-    manifest = _publish(vectors, docs, out, factory, space, enc, dataset, counts, recall)
+    manifest = _publish(vectors, docs, out, factory, space, enc, dataset, counts, recall, bm25)
     shutil.rmtree(work, ignore_errors=True)
     if cache is not None:
         cache.compact([text_hash(d.full_text) for d in docs])
@@ -249,14 +259,17 @@ def cached_index(
     """``doc_encoder``'s index of ``dataset`` at ``out``, built once into the shared cache and hard-linked from
     there: an index depends only on the doc tower's weights and encoder config, the corpus and the factory.
 
-    For the indexes several runs share: off-the-shelf baselines, and teachers whose doc tower stayed frozen."""
+    For the indexes several runs share: off-the-shelf baselines, and teachers whose doc tower stayed frozen. With
+    ``bm25``, the BM25 side is built for ``out`` alone (seconds), so the dense files are still shared."""
+    bm25 = bool(build_kwargs.pop("bm25", False))
     dataset, out = Path(dataset), Path(out)
     if not (dataset / "corpus.jsonl").is_file():
         raise DatasetError(f"dataset directory not found or without corpus.jsonl: {dataset}")
     ref = resolve(doc_encoder)
     space, encoder = doc_space(ref), doc_encoder_config(ref, max_length)
     parts = [space.sha256, encoder.model_dump_json(), sha256_file(dataset / "corpus.jsonl")]
-    parts += [str(build_kwargs.get("factory", "Flat")), str(build_kwargs.get("dtype", "auto"))]
+    parts += [str(build_kwargs.get(name, default)) for name, default in (("factory", "Flat"), ("dtype", "auto"))]
+    parts += [DOCSTORE_FILE]  # the layout: the files it holds
     key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
     cached = index_cache_root() / key
     try:
@@ -264,14 +277,19 @@ def cached_index(
     except UserError:
         manifest = build_index(dataset, doc_encoder, cached, max_length=max_length, **build_kwargs)  # type: ignore[arg-type]
     tmp = staging_dir(out)
-    for item in cached.iterdir():
-        if item.name == INDEX_MANIFEST:
-            continue
+    for name in manifest.files:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(item, tmp / item.name)
+            os.link(cached / name, tmp / name)
         except OSError:  # another filesystem: copy instead
-            shutil.copyfile(item, tmp / item.name)
-    manifest = manifest.model_copy(update={"space": space, "created_at": now_iso()})  # this tower's own id
+            shutil.copyfile(cached / name, tmp / name)
+    files = dict(manifest.files)
+    if bm25:
+        corpus = load_corpus(dataset / "corpus.jsonl")
+        ids = json.loads((tmp / DOCS_FILE).read_text(encoding="utf-8"))["ids"]
+        files |= checksums(tmp, Lexical.build([corpus[i].full_text for i in ids]).save(tmp))
+    update = {"space": space, "created_at": now_iso(), "files": files}  # this tower's own id
+    manifest = manifest.model_copy(update=update)
     write_manifest(tmp, INDEX_MANIFEST, manifest)
     publish_dir(tmp, out)
     return manifest

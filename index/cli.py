@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from scalingnote.choices import Dtype
+
 if TYPE_CHECKING:
     from scalingnote.artifacts import IndexManifest
     from scalingnote.index.ray_build import RayOptions
@@ -20,7 +22,7 @@ Factory = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option(min=1)]
 ShardSize = Annotated[int, typer.Option(min=1, help="Docs per resumable embedding shard.")]
-DtypeOpt = Annotated[Literal["auto", "fp32", "bf16"], typer.Option(help="auto: bf16 for LLMs on a GPU, else fp32.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="auto: bf16 for LLMs on a GPU, else fp32.")]
 MaxLength = Annotated[int | None, typer.Option(min=8, help="Doc token budget (default: the tower's).")]
 Keep = Annotated[
     int, typer.Option(min=1, envvar="SCALINGNOTE_KEEP_VERSIONS", help="Versions to keep (current never goes).")
@@ -44,6 +46,19 @@ RecallTarget = Annotated[
         help="ANN indexes (HNSW, IVF): record the smallest efSearch/nprobe whose recall@10 against exact search "
         "reaches this on held-out queries; the service applies it.",
     ),
+]
+ServedBundle = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="SCALINGNOTE_BUNDLE",
+        help="The served bundle: refuse a doc tower of another space (default: the current version's).",
+    ),
+]
+EmbedCache = Annotated[
+    bool, typer.Option(help="Embed only new or changed documents; reuse the rest from ROOT/.embeddings.")
+]
+Bm25 = Annotated[
+    bool, typer.Option("--bm25/--no-bm25", help="Also write a BM25 index: /search gets the bm25 and hybrid modes.")
 ]
 TuneQueries = Annotated[
     Path | None,
@@ -86,8 +101,9 @@ def build_command(
     ray_actor_cpus: RayActorCpus = 1,
     recall_target: RecallTarget = None,
     tune_queries: TuneQueries = None,
+    bm25: Bm25 = False,
 ) -> None:
-    """Embed a corpus with the doc tower and publish index.faiss + docs.json + manifest.json."""
+    """Embed a corpus with the doc tower and publish index.faiss, docs.json, docs.sqlite (+ bm25/), manifest.json."""
     from scalingnote.index.build import build_index
 
     ray = _ray(engine, ray_address, ray_actors, ray_actor_cpus)
@@ -103,8 +119,9 @@ def build_command(
         ray=ray,
         recall_target=recall_target,
         tune_queries=tune_queries,
+        bm25=bm25,
     )
-    shape = f"dim {manifest.space.dim}, {manifest.factory}"
+    shape = f"dim {manifest.space.dim}, {manifest.factory}{', + BM25' if bm25 else ''}"
     typer.echo(f"indexed {manifest.count} docs ({shape}) -> {out}{_tuned(manifest)}")
 
 
@@ -128,18 +145,9 @@ def rebuild_command(
     shard_size: ShardSize = 1024,
     dtype: DtypeOpt = "auto",
     max_length: MaxLength = None,
-    bundle: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="SCALINGNOTE_BUNDLE",
-            help="The served bundle: refuse a doc tower of another space (default: the current version's).",
-        ),
-    ] = None,
+    bundle: ServedBundle = None,
     force: Annotated[bool, typer.Option(help="Make the new version current even if its space differs.")] = False,
-    embed_cache: Annotated[
-        bool,
-        typer.Option(help="Embed only new or changed documents; reuse the rest from ROOT/.embeddings."),
-    ] = True,
+    embed_cache: EmbedCache = True,
     backend: Backend = "faiss",
     milvus_uri: MilvusUri = None,
     milvus_alias: MilvusAlias = "scalingnote",
@@ -149,6 +157,7 @@ def rebuild_command(
     ray_actor_cpus: RayActorCpus = 1,
     recall_target: RecallTarget = None,
     tune_queries: TuneQueries = None,
+    bm25: Bm25 = False,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from scalingnote.index.milvus_backend import store_for
@@ -172,6 +181,7 @@ def rebuild_command(
         ray=_ray(engine, ray_address, ray_actors, ray_actor_cpus),
         recall_target=recall_target,
         tune_queries=tune_queries,
+        bm25=bm25,
     )
     if milvus:
         typer.echo(f"alias {milvus.alias} -> {milvus.sync(root)}")

@@ -1,7 +1,8 @@
 """Milvus as a serving backend (pymilvus ``MilvusClient``; Milvus Lite or a cluster), no torch.
 
 * Each index version is one collection, ``<alias>_<version id>`` (``-`` → ``_``): VARCHAR primary key ``id``,
-  ``title``, FLOAT_VECTOR ``vector`` with an exact FLAT/IP index, filled from the version's directory under an
+  ``title``, JSON ``metadata`` (from the document store: filters run on it), FLOAT_VECTOR ``vector`` with an
+  exact FLAT/IP index, filled from the version's directory under an
   index root (that root keeps manifests and checksums as with FAISS). Its properties hold the version id, the
   doc tower's sha256 and the whole index manifest, so a server can check what an alias points to.
 * An alias names the collection being served; it moves (``create_alias`` / ``alter_alias``) only to a
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,8 @@ import numpy as np
 from scalingnote.artifacts import IndexManifest
 from scalingnote.errors import ArtifactError, BackendError, UserError
 from scalingnote.index import versions
+from scalingnote.index.docstore import AnyOf, Filter
+from scalingnote.index.query import Mode, SearchSpec
 from scalingnote.index.store import Hit, LoadedIndex
 
 DEFAULT_ALIAS = "scalingnote"
@@ -84,6 +88,18 @@ def collection_name(alias: str, version: str) -> str:
     return f"{alias}_{version.replace('-', '_')}"
 
 
+def filter_expr(flt: Filter) -> str:
+    """``flt`` as a Milvus boolean expression (the same grammar as FAISS's: ids, then every field condition; a
+    list-valued field matches any of its elements)."""
+    parts = [] if flt.ids is None else [f"id in {json.dumps(flt.ids)}"]
+    for key, condition in flt.fields.items():
+        path = "metadata" + "".join(f"[{json.dumps(part)}]" for part in key.split("."))
+        values = [json.dumps(v) for v in (condition.in_ if isinstance(condition, AnyOf) else [condition])]
+        either = [f"{path} == {v}" for v in values] + [f"json_contains({path}, {v})" for v in values]
+        parts.append(f"({' or '.join(either)})")
+    return " and ".join(parts)
+
+
 @dataclass
 class MilvusIndex:
     """One version's collection, searched exactly like :class:`LoadedIndex` (the :class:`SearchIndex` seam)."""
@@ -119,16 +135,38 @@ class MilvusIndex:
     def source(self) -> str:
         return f"Milvus collection {self.collection}"
 
-    def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-``k`` documents of each query vector, best first (inner product, exact)."""
+    modes: tuple[Mode, ...] = ("dense",)
+    default_mode: Mode = "dense"
+
+    def hits(self, queries: np.ndarray, k: int, expr: str = "", fields: tuple[str, ...] = ()) -> list[list[Hit]]:
+        """Top-``k`` documents of each query vector, best first (inner product, exact), among those ``expr``
+        matches; with ``fields``, the asked metadata keys (``title``, ``metadata`` or a top-level key)."""
         data = np.asarray(queries, dtype=np.float32).tolist()
+        output = ["title", "metadata"] if fields else ["title"]
         found = self.client.search(
-            self.collection, data=data, limit=min(k, self.manifest.count), output_fields=["title"],
-            anns_field="vector", search_params=SEARCH,
+            self.collection, data=data, limit=min(k, self.manifest.count), output_fields=output,
+            anns_field="vector", search_params=SEARCH, filter=expr,
         )  # fmt: skip
-        return [
-            [Hit(id=h["id"], score=h["distance"], title=h["entity"].get("title") or None) for h in row] for row in found
-        ]
+        return [[self._hit(h, fields) for h in row] for row in found]
+
+    @staticmethod
+    def _hit(found: dict, fields: tuple[str, ...]) -> Hit:
+        entity = found["entity"]
+        title = entity.get("title") or None
+        if not fields:
+            return Hit(id=found["id"], score=found["distance"], title=title)
+        doc = {"title": title, "metadata": entity.get("metadata") or None, **(entity.get("metadata") or {})}
+        return Hit(id=found["id"], score=found["distance"], title=title,
+                   fields={name: doc[name] for name in fields if doc.get(name) is not None})  # fmt: skip
+
+    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
+        """One dense query as ``spec`` asks: the filter as a Milvus expression, fields, the score floor."""
+        if (spec.mode or "dense") != "dense":
+            raise UserError(f"{self.source} serves dense retrieval only, not mode {spec.mode!r}")
+        expr = "" if spec.filter is None else filter_expr(spec.filter)
+        (found,) = self.hits(vector, spec.k, expr, spec.fields)
+        floor = spec.score_threshold
+        return found if floor is None else [h for h in found if h.score >= floor]
 
 
 @dataclass
@@ -182,9 +220,13 @@ class MilvusStore:
                 raise UserError(f"{index_dir}: a {index.manifest.factory} index keeps no vectors for Milvus") from None
             self._create(name, index.manifest)
             for start in range(0, len(index.ids), INSERT_ROWS):
-                stop = start + INSERT_ROWS
+                stop = min(start + INSERT_ROWS, len(index.ids))
+                meta = index.docstore.fields(range(start, stop), ["metadata"]) if index.docstore else {}
                 rows = zip(index.ids[start:stop], index.titles[start:stop], vectors[start:stop].tolist(), strict=True)
-                self.client.insert(name, [{"id": i, "title": _clip(t), "vector": v} for i, t, v in rows])
+                self.client.insert(name, [
+                    {"id": i, "title": _clip(t), "metadata": meta.get(start + n, {}).get("metadata", {}), "vector": v}
+                    for n, (i, t, v) in enumerate(rows)
+                ])  # fmt: skip
             self.client.flush(name)
         MilvusIndex.open(self.client, name)  # complete and loaded
         return name
@@ -195,6 +237,7 @@ class MilvusStore:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
         schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE)
+        schema.add_field("metadata", DataType.JSON)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=manifest.space.dim)
         params = self.client.prepare_index_params()
         params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")

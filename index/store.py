@@ -1,19 +1,25 @@
-"""A loaded index directory: FAISS index, ordered doc ids and titles, manifest (no torch)."""
+"""A loaded index directory: FAISS index, ordered doc ids and titles, manifest, and where the build wrote them, the
+document store (filters, fields) and the BM25 index (lexical and hybrid modes). No torch."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 from pydantic import BaseModel, Field
 
 from scalingnote.artifacts import DOCS_FILE, INDEX_FILE, IndexManifest, read_index_manifest
-from scalingnote.errors import ArtifactError
+from scalingnote.errors import ArtifactError, UserError
+from scalingnote.index import fusion
 from scalingnote.index.ann_tuning import apply
+from scalingnote.index.docstore import DOCSTORE_FILE, DocStore, Filter
 from scalingnote.index.faiss_backend import prepare_for_search, to_cpu
+from scalingnote.index.lexical import BM25_DIR, Lexical
+from scalingnote.index.query import HYBRID_DEPTH, Mode, SearchSpec
 
 
 class Hit(BaseModel):
@@ -22,6 +28,7 @@ class Hit(BaseModel):
     id: str
     score: float
     title: str | None = Field(None, description="Omitted when the document has no title.")
+    fields: dict[str, Any] | None = Field(None, description="The asked `fields` the document has (when asked).")
 
 
 @dataclass
@@ -31,6 +38,8 @@ class LoadedIndex:
     index: faiss.Index
     ids: list[str]
     titles: list[str]
+    docstore: DocStore | None = None
+    lexical: Lexical | None = None
 
     @classmethod
     def load(cls, path: Path | str, verify: bool = True) -> LoadedIndex:
@@ -50,7 +59,11 @@ class LoadedIndex:
             )
         if manifest.search is not None:
             apply(index, manifest.search.params)
-        return cls(path, manifest, prepare_for_search(index), ids, titles or [""] * len(ids))
+        docstore = DocStore(path / DOCSTORE_FILE) if DOCSTORE_FILE in manifest.files else None
+        lexical = Lexical.load(path) if any(f.startswith(f"{BM25_DIR}/") for f in manifest.files) else None
+        if lexical is not None and lexical.count != manifest.count:
+            raise ArtifactError(f"{path}: BM25 index holds {lexical.count} documents, manifest says {manifest.count}")
+        return cls(path, manifest, prepare_for_search(index), ids, titles or [""] * len(ids), docstore, lexical)
 
     @property
     def dim(self) -> int:
@@ -60,9 +73,25 @@ class LoadedIndex:
     def source(self) -> str:
         return str(self.path)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` scores and row numbers (-1 where fewer than ``k`` exist) for each query vector."""
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.manifest.count))
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return ("dense", "bm25", "hybrid") if self.lexical is not None else ("dense",)
+
+    @property
+    def default_mode(self) -> Mode:
+        return "hybrid" if self.lexical is not None else "dense"
+
+    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` scores and row numbers (-1 where fewer than ``k`` exist) for each query vector; only among
+        ``rows`` (sorted row numbers, through a FAISS ``IDSelector``) when given."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, self.manifest.count)
+        if rows is None:
+            return self.index.search(queries, k)
+        if len(rows) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        selector = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(np.ascontiguousarray(rows, dtype=np.int64)))
+        return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
 
     def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` documents of each query vector, best first."""
@@ -72,6 +101,49 @@ class LoadedIndex:
             [Hit(id=ids[r], score=s, title=titles[r] or None) for s, r in zip(srow, rrow, strict=True) if r >= 0]
             for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
         ]
+
+    def filter_rows(self, flt: Filter | None) -> np.ndarray | None:
+        """The rows ``flt`` allows (None: every row)."""
+        if flt is None or flt.empty:
+            return None
+        if self.docstore is None:
+            if flt.fields:
+                raise UserError(f"{self.source} has no document store: it can filter by ids only (rebuild it)")
+            wanted = set(flt.ids or ())
+            return np.array([r for r, doc_id in enumerate(self.ids) if doc_id in wanted], dtype=np.int64)
+        return self.docstore.rows(flt)
+
+    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
+        """The hits of one query (its vector, shape (1, dim), and its text) as ``spec`` asks."""
+        mode = spec.mode or self.default_mode
+        if mode not in self.modes:
+            raise UserError(f"{self.source} holds no BM25 index: mode {mode!r} needs one (index build --bm25)")
+        rows = self.filter_rows(spec.filter)
+        depth = max(spec.k, HYBRID_DEPTH) if mode == "hybrid" else spec.k
+        dense: fusion.Ranking = []
+        if mode != "bm25":
+            scores, found = self.search(vector, depth, rows)
+            dense = [(r, s) for r, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
+        lexical = self.lexical.search([text], depth, rows)[0] if mode != "dense" and self.lexical else []
+        if mode == "hybrid":
+            ranked = fusion.rrf([dense, lexical]) if spec.weight is None else fusion.convex(dense, lexical, spec.weight)
+        else:
+            ranked = dense or lexical
+        ranked = ranked[: spec.k]
+        if spec.score_threshold is not None:
+            ranked = [(r, s) for r, s in ranked if s >= spec.score_threshold]
+        extra = self._fields([r for r, _ in ranked], spec.fields)
+        return [
+            Hit(id=self.ids[r], score=s, title=self.titles[r] or None, fields=extra.get(r) if spec.fields else None)
+            for r, s in ranked
+        ]
+
+    def _fields(self, rows: list[int], names: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+        if not names or not rows:
+            return {}
+        if self.docstore is None:
+            raise UserError(f"{self.source} has no document store: it cannot return fields (rebuild it)")
+        return self.docstore.fields(rows, names)
 
     def vectors(self) -> np.ndarray:
         """Every document vector, in row order (indexes that store them: Flat, HNSW, IVF-Flat)."""

@@ -17,7 +17,24 @@ from torch import nn
 
 from scalingnote.artifacts import DUAL_JSON, WEIGHT_SUFFIXES, EmbeddingSpace, EncoderConfig, weights_sha256
 from scalingnote.modeling.student import cut_layers, transformer_layers
-from scalingnote.modeling.tower import PROJECTION_FILE, Tower, freeze_input_embeddings, merged
+from scalingnote.modeling.tower import Tower, freeze_input_embeddings, merged
+from scalingnote.specs import st_modules
+
+
+def adopt_backbone_files(tower_dir: Path, backbone: Path) -> None:
+    """Replace every weight file under ``tower_dir`` by the backbone's, at the same relative paths, and its
+    sentence-transformers modules by the backbone's (a Dense may live in another folder than ours)."""
+    for written in [p for p in tower_dir.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]:
+        written.unlink()
+    for source in [p for p in backbone.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]:
+        target = tower_dir / source.relative_to(backbone)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    for _, folder in st_modules(backbone):
+        if folder != backbone:
+            shutil.copytree(folder, tower_dir / folder.relative_to(backbone), dirs_exist_ok=True)
+    if (backbone / "modules.json").is_file():
+        shutil.copyfile(backbone / "modules.json", tower_dir / "modules.json")
 
 
 class DualTower(nn.Module):
@@ -105,8 +122,9 @@ class DualTower(nn.Module):
     def save(self, path: Path, frozen_doc: Path | None = None) -> EmbeddingSpace:
         """Write ``doc/`` first (its hash names the space), then ``query/`` targeting it, then ``dual.json``.
 
-        ``frozen_doc``: the doc tower was never trained, so its weight files are copied from that backbone
-        directory byte for byte: the space is then the backbone's own, and so is any index of it."""
+        ``frozen_doc``: the doc tower was never trained, so its weight files (a sentence-transformers Dense's
+        included) are copied from that backbone directory byte for byte, at the same paths: the space is then the
+        backbone's own, and so is any index of it."""
         path.mkdir(parents=True, exist_ok=True)
         plain: dict[int, nn.Module] = {}
         for tower in (self.query, self.doc):  # LoRA adapters are merged into plain weights (once if shared)
@@ -115,12 +133,7 @@ class DualTower(nn.Module):
                 tower.backbone.config.is_decoder = True
         self.doc.save(path / "doc", id=f"{self.ident}/doc", role="doc", backbone=self.backbone_name)
         if frozen_doc is not None:
-            for written in (path / "doc").glob("*"):
-                if written.suffix in WEIGHT_SUFFIXES and written.name != PROJECTION_FILE:
-                    written.unlink()
-            for source in frozen_doc.glob("*"):
-                if source.suffix in WEIGHT_SUFFIXES:
-                    shutil.copyfile(source, path / "doc" / source.name)
+            adopt_backbone_files(path / "doc", frozen_doc)
         space = EmbeddingSpace(id=f"{self.ident}/doc", sha256=weights_sha256(path / "doc"), dim=self.doc.dim)
         self.query.save(
             path / "query", id=f"{self.ident}/query", role="query", backbone=self.backbone_name, space=space

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,7 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scalingnote.artifacts import TOKENIZER_FILE, TOWER_JSON, EncoderConfig, TowerMeta
+from scalingnote.choices import Dtype
+from scalingnote.errors import ArtifactError
 from scalingnote.modeling.pooling import pool
+from scalingnote.modeling.st_dir import st_dense, st_max_length, st_pooling, write_st_files
 from scalingnote.runtime.tokenization import (
     copy_sidecars,
     json_or_empty,
@@ -30,7 +32,6 @@ from scalingnote.runtime.tokenization import (
 )
 from scalingnote.specs import hf_dim
 
-Dtype = Literal["auto", "fp32", "bf16"]
 PROJECTION_FILE = "projection.safetensors"
 
 
@@ -50,16 +51,23 @@ def merged(backbone: nn.Module) -> nn.Module:
 
 def default_encoder_config(path: Path) -> EncoderConfig:
     """Pooling and length a plain HF directory implies (sentence-transformers files when present)."""
-    config = json_or_empty(path / "config.json")
-    st_pool = json_or_empty(path / "1_Pooling" / "config.json")
-    if st_pool.get("pooling_mode_cls_token"):
-        pooling = "cls"
-    elif st_pool.get("pooling_mode_mean_tokens") or not is_decoder(config):
-        pooling = "mean"
-    else:
-        pooling = "last-token"
-    max_length = json_or_empty(path / "sentence_bert_config.json").get("max_seq_length") or 512
-    return EncoderConfig(pooling=pooling, normalize=True, max_length=int(max_length))
+    decoder = is_decoder(json_or_empty(path / "config.json"))
+    pooling = st_pooling(path) or ("last-token" if decoder else "mean")
+    return EncoderConfig(pooling=pooling, normalize=True, max_length=st_max_length(path) or 512)
+
+
+def load_projection(path: Path, hidden: int) -> nn.Linear:
+    """A saved tower's projection: ``projection.safetensors``, else its sentence-transformers Dense (a frozen doc
+    tower keeps its backbone's weight files only)."""
+    if not (path / PROJECTION_FILE).is_file():
+        dense = st_dense(path, hidden)
+        if dense is None:
+            raise ArtifactError(f"{path}: tower.json has a projection, but there is no {PROJECTION_FILE}")
+        return dense
+    state = load_file(path / PROJECTION_FILE)
+    projection = nn.Linear(hidden, state["weight"].shape[0], bias="bias" in state)
+    projection.load_state_dict(state)
+    return projection
 
 
 class Tower(nn.Module):
@@ -91,32 +99,34 @@ class Tower(nn.Module):
         encoder: EncoderConfig | None = None,
         projection_dim: int | None = None,
     ) -> Tower:
-        """Load a HF directory or a saved tower; ``projection_dim`` adds a fresh linear head."""
+        """Load a HF directory or a saved tower.
+
+        A HF directory's sentence-transformers Dense module becomes the projection; ``projection_dim`` adds a
+        fresh linear head instead (unless a saved tower has one)."""
         from transformers import AutoModel
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = Path(path)
+        hidden = hf_dim(path)
         if (path / TOWER_JSON).is_file():
             meta = TowerMeta.model_validate(json_or_empty(path / TOWER_JSON))
             if encoder is not None:
                 meta.encoder = encoder
+            projection = load_projection(path, hidden) if meta.projection else None
         else:
             config = json_or_empty(path / "config.json")
             enc = encoder or default_encoder_config(path)
+            projection = st_dense(path, hidden) if projection_dim is None else None
             meta = TowerMeta(
                 id=ident or path.name,
                 backbone=ident or str(path),
                 encoder=enc,
-                dim=hf_dim(path),
+                dim=hidden if projection is None else projection.out_features,
                 append_eos=enc.pooling == "last-token" and is_decoder(config),
+                projection=projection is not None,
             )
         backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
-        hidden = hf_dim(path)
-        projection = None
-        if meta.projection:
-            projection = nn.Linear(hidden, meta.dim)
-            projection.load_state_dict(load_file(path / PROJECTION_FILE))
-        elif projection_dim is not None:
+        if projection is None and projection_dim is not None:
             projection = nn.Linear(hidden, projection_dim)
             meta = meta.model_copy(update={"projection": True, "dim": projection_dim})
         tokenizer, pad_id = load_tokenizer(path, meta.encoder.max_length, meta.append_eos)
@@ -149,7 +159,8 @@ class Tower(nn.Module):
         return is_decoder(self.backbone.config.to_dict())
 
     def save(self, path: Path, **updates: object) -> None:
-        """Write weights, tokenizer and ``tower.json`` (``updates`` set meta fields such as id/target)."""
+        """Write weights, tokenizer and ``tower.json`` (``updates`` set meta fields such as id/target), and the
+        sentence-transformers files that make the directory loadable by ``SentenceTransformer(path)``."""
         path.mkdir(parents=True, exist_ok=True)
         self.meta = self.meta.model_copy(update=updates)
         self.backbone = merged(self.backbone)
@@ -159,6 +170,7 @@ class Tower(nn.Module):
         if self.projection is not None:
             save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, path / PROJECTION_FILE)
         (path / TOWER_JSON).write_text(self.meta.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        write_st_files(path, self.meta, hf_dim(path), self.projection)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -23,6 +23,7 @@ class Document:
     id: str
     title: str
     text: str
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def full_text(self) -> str:
@@ -79,15 +80,17 @@ def _str_field(obj: dict, key: str, path: Path, lineno: int, required: bool = Tr
 
 
 def load_corpus(path: Path) -> dict[str, Document]:
-    """Read ``corpus.jsonl`` (``_id``, ``text``, optional ``title``), keeping file order."""
+    """Read ``corpus.jsonl`` (``_id``, ``text``, optional ``title`` and ``metadata`` object), keeping file order."""
     corpus: dict[str, Document] = {}
     for lineno, obj in _jsonl(path):
         doc_id = _str_field(obj, "_id", path, lineno)
         if doc_id in corpus:
             raise DatasetError(f"{path}:{lineno}: duplicate document id {doc_id!r}")
-        corpus[doc_id] = Document(
-            doc_id, _str_field(obj, "title", path, lineno, False), _str_field(obj, "text", path, lineno)
-        )
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise DatasetError(f"{path}:{lineno}: field 'metadata' is not a JSON object")
+        title, text = _str_field(obj, "title", path, lineno, False), _str_field(obj, "text", path, lineno)
+        corpus[doc_id] = Document(doc_id, title, text, metadata)
     if not corpus:
         raise DatasetError(f"{path}: no documents")
     return corpus

@@ -195,10 +195,28 @@ def hf_dim(path: Path) -> int:
     raise ArtifactError(f"{path}/config.json names no hidden size")
 
 
+def st_modules(path: Path) -> list[tuple[str, Path]]:
+    """(class name, folder) of each module a sentence-transformers ``modules.json`` lists, in order ([]: none)."""
+    if not (path / "modules.json").is_file():
+        return []
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        return [(str(m["type"]).rsplit(".", 1)[-1], path / m["path"]) for m in modules]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ArtifactError(f"{path}/modules.json: not a sentence-transformers module list") from None
+
+
+def st_dense_dim(path: Path) -> int | None:
+    """``out_features`` of the last sentence-transformers Dense module of a directory (None: it has none)."""
+    dense = [folder / "config.json" for kind, folder in st_modules(path) if kind == "Dense"]
+    out = _read_json(dense[-1]).get("out_features") if dense and dense[-1].is_file() else None
+    return out if isinstance(out, int) else None
+
+
 @cache
 def _own_space(path: Path, ident: str) -> EmbeddingSpace:
     meta = _read_json(path / TOWER_JSON) if (path / TOWER_JSON).is_file() else {}
-    dim = int(meta["dim"]) if "dim" in meta else hf_dim(path)
+    dim = int(meta["dim"]) if "dim" in meta else st_dense_dim(path) or hf_dim(path)
     return EmbeddingSpace(id=ident, sha256=weights_sha256(path), dim=dim)
 
 

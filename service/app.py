@@ -28,18 +28,18 @@ from scalingnote.service.settings import Settings
 
 log = logging.getLogger("scalingnote.service")
 
-ROUTES = frozenset(
-    {"/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/rollback", "/admin/index"}
-)
 SEARCHES = frozenset({"/search", "/search/batch"})
+EMBEDDINGS = frozenset({"/embed", "/v1/embeddings"})
+BATCHED = SEARCHES | EMBEDDINGS  # the routes that queue on the batcher
+ROUTES = BATCHED | {"/info", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/rollback", "/admin/index"}
 PROTECTED = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class ServiceMiddleware:
     """Pure ASGI: 413 for bodies over the byte limit (declared or streamed), the API key on ``PROTECTED`` paths
-    when ``api_key`` is given, 429 for searches the batcher would refuse anyway (before the body is parsed:
-    under overload the refusals must cost the event loop little), request metrics by route/status, and
-    ``POST /search`` through :class:`FastSearch` when ``fast_path`` is on."""
+    when ``api_key`` is given, 429 for searches and embeddings the batcher would refuse anyway (before the body
+    is parsed: under overload the refusals must cost the event loop little), request metrics by route/status,
+    and ``POST /search`` through :class:`FastSearch` when ``fast_path`` is on."""
 
     def __init__(
         self,
@@ -77,7 +77,7 @@ class ServiceMiddleware:
                 await error(
                     status.HTTP_401_UNAUTHORIZED, "missing or wrong API key (X-API-Key or Authorization: Bearer)"
                 )(scope, receive, send_wrapper)
-            elif route in SEARCHES and scope["method"] == "POST" and (refused := self._refusal()) is not None:
+            elif route in BATCHED and scope["method"] == "POST" and (refused := self._refusal()) is not None:
                 await overloaded(refused)(scope, receive, send_wrapper)
             else:
                 await self._limited(scope, receive, send_wrapper)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import faiss
 
-from scalingnote.service.engine import BatchOutput, Engine
+from scalingnote.service.engine import BatchOutput, Engine, Spec
 from scalingnote.service.metrics import Metrics
 from scalingnote.service.settings import Settings
 
@@ -71,7 +71,7 @@ class SustainedOverload:
 @dataclass(eq=False)
 class _Job:
     texts: list[str]
-    k: int
+    spec: int | Spec  # a k, a SearchSpec, or None: embeddings only
     future: asyncio.Future[BatchOutput]
     enqueued: float  # time.perf_counter()
 
@@ -177,21 +177,22 @@ class Batcher:
         """Run ``fn(*args)`` on the inference thread (warm-up, checks)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def enqueue(self, texts: list[str], k: int) -> asyncio.Future[BatchOutput]:
-        """Queue ``texts``; the future gets their results (cancel it to drop the job). Raises :class:`Overloaded`."""
+    def enqueue(self, texts: list[str], spec: int | Spec) -> asyncio.Future[BatchOutput]:
+        """Queue ``texts``, each searched as ``spec`` asks (a k, a :class:`SearchSpec`, or None for embeddings
+        only); the future gets their results (cancel it to drop the job). Raises :class:`Overloaded`."""
         self._admit(len(texts))
         if self._depth == 0 and not self._running:
             self._progress_at = time.monotonic()  # an idle worker's stall clock starts with this job
-        job = _Job(texts, k, asyncio.get_running_loop().create_future(), time.perf_counter())
+        job = _Job(texts, spec, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._pending.append(job)
         self._depth += len(texts)
         self.metrics.queue_depth.set(self._depth)
         self._wakeup.set()
         return job.future
 
-    async def submit(self, texts: list[str], k: int) -> BatchOutput:
+    async def submit(self, texts: list[str], spec: int | Spec) -> BatchOutput:
         """Queue ``texts`` and wait for their results (raises :class:`Overloaded` when refused)."""
-        return await self.enqueue(texts, k)
+        return await self.enqueue(texts, spec)
 
     def refusal(self, queries: int) -> Overloaded | None:
         """Why ``queries`` more would be refused (counted as rejected), or None: over ``max_queue`` queued
@@ -259,7 +260,7 @@ class Batcher:
         """Run ``batch`` in one call; if that fails, rerun each request alone so a bad query fails only its own."""
         texts = [t for job in batch for t in job.texts]
         try:
-            out = await self._infer(texts, [job.k for job in batch for _ in job.texts])
+            out = await self._infer(texts, [job.spec for job in batch for _ in job.texts])
         except Exception as exc:
             if len(batch) > 1:
                 log.warning("batch of %d requests failed (%s); retrying them one by one", len(batch), exc)
@@ -275,15 +276,17 @@ class Batcher:
         for job in batch:
             end = start + len(job.texts)
             if not job.future.done():
-                job.future.set_result(BatchOutput(out.hits[start:end], out.truncated[start:end], out.version))
+                vectors = None if out.vectors is None else out.vectors[start:end]
+                part = BatchOutput(out.hits[start:end], out.truncated[start:end], out.version, {}, vectors)
+                job.future.set_result(part)
             start = end
 
-    async def _infer(self, texts: list[str], ks: Sequence[int]) -> BatchOutput:
+    async def _infer(self, texts: list[str], specs: Sequence[int | Spec]) -> BatchOutput:
         """One encode + search on the inference thread; records the heartbeat and the per-query time."""
         started = time.perf_counter()
         self._running = True
         try:
-            out = await self.call(self.engine.run_batch, texts, ks)
+            out = await self.call(self.engine.run_batch, texts, specs)
         finally:
             self._running = False
             self._progress_at = time.monotonic()

@@ -1,25 +1,56 @@
-"""``scalingnote serve``: the /search service under uvicorn (``SCALINGNOTE_WORKERS`` processes; heavy imports lazy)."""
+"""``scalingnote serve``: the /search service under uvicorn (``SCALINGNOTE_WORKERS`` processes).
+
+Its options are made from :class:`Settings`, one per field with its ``SCALINGNOTE_*`` variable, so ``serve
+--help`` lists every setting. This module imports the settings (pydantic-settings, FAISS): the CLI root loads
+it only for ``serve``. Uvicorn, ONNX Runtime and the app are imported when the command runs.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+import inspect
+from types import NoneType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import typer
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+
+from scalingnote.service.settings import Settings
 
 DRAIN_SECONDS = 30  # uvicorn's graceful-shutdown drain; deploy/k8s's grace period must exceed it + preStop
+ENV_PREFIX: str = Settings.model_config["env_prefix"]
+FLAGS = {"index_root": "--index"}  # options not named after their field
+
+app = typer.Typer(add_completion=False)
 
 
-def serve_command(
-    bundle: Annotated[Path | None, typer.Option(help="Model bundle directory (env SCALINGNOTE_BUNDLE).")] = None,
-    index: Annotated[
-        Path | None,
-        typer.Option(help="Index root (versions/ + current) or a static index dir (env SCALINGNOTE_INDEX_ROOT)."),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (env SCALINGNOTE_HOST, default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (env SCALINGNOTE_PORT, default 8000).")] = None,
-) -> None:
-    """Serve POST /search over the bundle's ONNX encoder and the index (see service/README.md for settings)."""
+def envvar(name: str) -> str:
+    """The environment variable of the setting ``name``."""
+    return ENV_PREFIX + name.upper()
+
+
+def _value_type(annotation: Any) -> Any:
+    """What the option parses for a field: ``X | None`` → ``X``, a secret as a plain string."""
+    if get_origin(annotation) in (Union, UnionType):
+        (annotation,) = (arg for arg in get_args(annotation) if arg is not NoneType)
+    return str if annotation is SecretStr else annotation
+
+
+def _option(name: str, field: FieldInfo) -> inspect.Parameter:
+    """The option of one setting; unset unless given (or in its variable), so that ``.env`` still applies."""
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if field.annotation is bool:
+        flag = f"{flag}/--no-{flag.removeprefix('--')}"
+    default = "unset" if field.default is None else str(field.default)
+    default = default.lower() if field.annotation is bool else default
+    info = typer.Option(flag, envvar=envvar(name), help=f"{field.description} (default: {default})")
+    annotation = Annotated[_value_type(field.annotation) | None, info]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+@app.command("serve")
+def serve_command(**options: Any) -> None:
+    """Serve POST /search over the bundle's ONNX encoder and the index (options override env and .env)."""
     import logging
     import os
 
@@ -29,11 +60,10 @@ def serve_command(
     from scalingnote.errors import UserError, validation_message
     from scalingnote.service.app import create_app
     from scalingnote.service.engine import Engine
-    from scalingnote.service.settings import Settings
 
-    overrides: dict[str, Any] = {"bundle": bundle, "index_root": index, "host": host, "port": port}
+    given = {name: value for name, value in options.items() if value is not None}
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
         raise UserError(f"invalid settings (SCALINGNOTE_* env, .env or options): {validation_message(exc)}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,7 +74,10 @@ def serve_command(
         uvicorn.run(create_app(settings, engine), **run)
         return
     del engine  # checked; each worker process loads its own
-    os.environ.update(
-        {f"SCALINGNOTE_{name.upper()}": str(value) for name, value in overrides.items() if value is not None}
-    )
+    os.environ.update({envvar(name): str(value) for name, value in given.items()})
     uvicorn.run(f"{create_app.__module__}:create_app", factory=True, workers=settings.workers, **run)
+
+
+serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_option(name, field) for name, field in Settings.model_fields.items()]
+)

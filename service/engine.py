@@ -21,6 +21,7 @@ from scalingnote.artifacts import check_space, read_bundle_manifest, read_index_
 from scalingnote.errors import ArtifactError, UserError
 from scalingnote.index import versions
 from scalingnote.index.backend import SearchIndex
+from scalingnote.index.query import SearchSpec
 from scalingnote.index.store import Hit, LoadedIndex
 from scalingnote.runtime.bundle import BundleEncoder
 from scalingnote.service.settings import Settings
@@ -31,15 +32,19 @@ SELF_CHECK_QUERY = "what is the effect of exercise on blood pressure"
 OPEN_ERRORS = (UserError, OSError, RuntimeError, ValueError)  # what a broken index dir makes loading raise
 
 
+Spec = SearchSpec | None  # what a text asks: a search, or (None) only its embedding
+
+
 @dataclass
 class BatchOutput:
-    """Per query: hits and whether the query was truncated; plus the index version that answered and the
-    batch's stage times in seconds (tokenize, encode, search)."""
+    """Per text: hits (none for an embedding-only text), whether it was truncated and its query vector; plus
+    the index version that answered and the batch's stage times in seconds (tokenize, encode, search)."""
 
     hits: list[list[Hit]]
     truncated: list[bool]
     version: str
     stages: dict[str, float] = field(default_factory=dict)
+    vectors: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -206,17 +211,18 @@ class Engine:
         """Name of the version ``current`` points to (None for a static index)."""
         return versions.current_version(self.index_path) if self.is_root else None
 
-    def run_batch(self, texts: list[str], k: int | Sequence[int]) -> BatchOutput:
-        """Encode ``texts`` in one ONNX call and search them: top ``k``, or top ``k[i]`` for ``texts[i]``."""
-        ks = [k] * len(texts) if isinstance(k, int) else list(k)
+    def run_batch(self, texts: list[str], specs: int | Sequence[int | Spec]) -> BatchOutput:
+        """Encode ``texts`` in one ONNX call and search them: top ``specs`` hits for every text, or as
+        ``specs[i]`` asks for ``texts[i]`` (a k, a :class:`SearchSpec`, or None for the embedding alone)."""
+        wanted = [specs] * len(texts) if isinstance(specs, int) else list(specs)
         with self.lease() as gen:
             index = gen.index
             assert index is not None  # a leased generation is never released
             vectors, truncated, stages = self.encoder.encode_timed(texts)
             encoded = time.perf_counter()
-            hits = hits_by_k(index, vectors, ks)
+            hits = hits_for(index, vectors, texts, [SearchSpec(s) if isinstance(s, int) else s for s in wanted])
             stages["search"] = time.perf_counter() - encoded
-            return BatchOutput(hits, truncated, gen.version, stages)
+            return BatchOutput(hits, truncated, gen.version, stages, vectors)
 
 
 def bundle_encoder(settings: Settings) -> BundleEncoder:
@@ -227,11 +233,21 @@ def bundle_encoder(settings: Settings) -> BundleEncoder:
     )
 
 
-def hits_by_k(index: SearchIndex, vectors: np.ndarray, ks: list[int]) -> list[list[Hit]]:
-    """One search per distinct k, over only the queries that asked for it (a large k costs only its own)."""
-    hits: list[list[Hit]] = [[] for _ in ks]
-    for k in sorted(set(ks)):
-        rows = [i for i, want in enumerate(ks) if want == k]
+def hits_for(index: SearchIndex, vectors: np.ndarray, texts: list[str], specs: list[Spec]) -> list[list[Hit]]:
+    """The hits each spec asks for. Plain dense searches take one batched search per distinct k, over only the
+    queries that asked for it (a large k costs only its own); the others (filters, fields, bm25, hybrid) one
+    query at a time."""
+    hits: list[list[Hit]] = [[] for _ in specs]
+    plain: dict[int, list[int]] = {}
+    for row, spec in enumerate(specs):
+        if spec is None:
+            continue
+        if spec.plain(index.default_mode):
+            plain.setdefault(spec.k, []).append(row)
+        else:
+            hits[row] = index.query(vectors[row : row + 1], texts[row], spec)
+    for k in sorted(plain):
+        rows = plain[k]
         for row, found in zip(rows, index.hits(vectors[rows], k), strict=True):
             hits[row] = found
     return hits

@@ -19,7 +19,7 @@ from scalingnote.service.asgi_body import read_at_most, replay
 from scalingnote.service.batcher import Overloaded
 from scalingnote.service.deps import ServiceState
 from scalingnote.service.responses import error, overloaded
-from scalingnote.service.routes.search import await_job, check_hit_cap
+from scalingnote.service.routes.search import await_job, check_hit_cap, check_mode
 from scalingnote.service.schemas import SearchRequest
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -35,10 +35,14 @@ def _is_json(scope: Scope) -> bool:
 
 
 def _hit(hit: Hit) -> dict:
-    """The route's serialisation of a hit (``response_model_exclude_none``: no title key when it has none)."""
-    if hit.title is None:
-        return {"id": hit.id, "score": hit.score}
-    return {"id": hit.id, "score": hit.score, "title": hit.title}
+    """The route's serialisation of a hit (``response_model_exclude_none``: no title or fields key when it has
+    none)."""
+    out: dict = {"id": hit.id, "score": hit.score}
+    if hit.title is not None:
+        out["title"] = hit.title
+    if hit.fields is not None:
+        out["fields"] = hit.fields
+    return out
 
 
 class FastSearch:
@@ -52,11 +56,12 @@ class FastSearch:
 
     def _request(self, scope: Scope, body: bytes) -> SearchRequest | None:
         """The valid request in ``body``, or None when the route must answer it."""
-        if not self.state.ready or not _is_json(scope):
+        if not self.state.ready or not _is_json(scope) or self.state.engine is None:
             return None
         try:
             request = SearchRequest.model_validate_json(body)
             check_hit_cap(self.state.settings, 1, request.k)
+            check_mode(self.state.engine, request)
         except (ValidationError, HTTPException):
             return None
         return request
@@ -71,7 +76,7 @@ class FastSearch:
         parsed = time.perf_counter()
         self.stages["parse"].observe(parsed - started)
         try:
-            job = batcher.enqueue([request.query], request.k)
+            job = batcher.enqueue([request.query], request.spec())
             out = await await_job(job, receive, self.state.settings.request_timeout_s)
         except Overloaded as exc:
             await overloaded(exc)(scope, receive, send)

@@ -26,6 +26,7 @@ async def start(state: ServiceState, engine: Engine | None) -> None:
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_settings, settings)
     state.engine = engine
+    state.metrics.set_build(engine.encoder.manifest.name, engine.encoder.variant)
     state.metrics.set_index(engine.current.version, engine.current.docs)
     batcher = Batcher.from_settings(engine, state.metrics, settings)
     await _warm_up(batcher, engine, settings.max_batch_size)

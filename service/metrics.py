@@ -12,6 +12,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+import scalingnote
+
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGE_BUCKETS = (2.5e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
@@ -20,7 +22,7 @@ STAGES = ("parse", "queue", "tokenize", "encode", "search", "serialize")
 
 
 class Metrics:
-    """Request counts by route and status, latency and batch histograms, queue depth, index identity."""
+    """Request counts by route and status, latency and batch histograms, queue depth, build and index identity."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -60,6 +62,12 @@ class Metrics:
         self.query_seconds = Gauge(
             "scalingnote_query_seconds", "Measured inference time per query (EWMA; admission uses it).", registry=r
         )
+        self.build_info = Gauge(
+            "scalingnote_build_info",
+            "What this process serves (value 1): bundle name, its ONNX variant, package version.",
+            ["bundle", "variant", "version"],
+            registry=r,
+        )
         self.index_info = Gauge(
             "scalingnote_index_info", "The index version being served (value 1).", ["version"], registry=r
         )
@@ -67,6 +75,10 @@ class Metrics:
         self.reloads = Counter(
             "scalingnote_index_reloads", "Index reload attempts by result (ok, rejected).", ["result"], registry=r
         )
+
+    def set_build(self, bundle: str, variant: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(bundle=bundle, variant=variant, version=scalingnote.__version__).set(1)
 
     def set_index(self, version: str, docs: int) -> None:
         self.index_info.clear()

@@ -10,9 +10,12 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from scalingnote.index.docstore import Filter
+from scalingnote.index.query import Mode, SearchSpec
 from scalingnote.index.store import Hit
 
 MAX_K = 1000
+MAX_FIELDS = 32
 
 
 def _not_blank(text: str) -> str:
@@ -29,14 +32,42 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class SearchRequest(Request):
+class SearchOptions(Request):
+    """How to search, beyond the query: the same for ``/search`` and for every query of ``/search/batch``."""
+
+    k: K = 10
+    mode: Mode | None = Field(
+        None, description="dense, bm25 or hybrid (BM25 modes need an index built with --bm25). Default: hybrid "
+        "when the index holds BM25, else dense."
+    )  # fmt: skip
+    filter: Filter | None = Field(None, description="Search only among the documents this filter matches.")
+    fields: list[str] | None = Field(
+        None, max_length=MAX_FIELDS, description="Document fields to return per hit: title, text, metadata, or a "
+        "(dotted) metadata key."
+    )  # fmt: skip
+    score_threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Drop hits scoring below this (in the mode's score)."
+    )
+    weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="hybrid: a convex combination of min-max scores with this dense weight, "
+        "instead of reciprocal-rank fusion."
+    )  # fmt: skip
+
+    def spec(self) -> int | SearchSpec:
+        """What the batcher is asked: the bare k when nothing else is (the common case), else the whole spec."""
+        fields = tuple(self.fields or ())
+        options = (self.mode, self.filter, self.score_threshold, self.weight)
+        if not fields and all(option is None for option in options):
+            return self.k
+        return SearchSpec(self.k, self.mode, self.filter, fields, self.score_threshold, self.weight)
+
+
+class SearchRequest(SearchOptions):
     query: Query
-    k: K = 10
 
 
-class BatchSearchRequest(Request):
+class BatchSearchRequest(SearchOptions):
     queries: list[Query] = Field(min_length=1, description="Queries (at most SCALINGNOTE_MAX_BATCH_QUERIES).")
-    k: K = 10
 
 
 class ReloadRequest(Request):

@@ -8,9 +8,11 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scalingnote.choices import VariantChoice
 from scalingnote.index.milvus_backend import ALIAS_PATTERN, DEFAULT_ALIAS
 
 MIN_API_KEY_LENGTH = 32
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]  # uvicorn's, minus trace (not a logging level)
 
 
 class Settings(BaseSettings):
@@ -35,8 +37,8 @@ class Settings(BaseSettings):
         description="Server processes sharing the port, each with its own engine, batcher and metrics "
         "(RAM x workers; /metrics shows the process that answers the scrape).",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_key: SecretStr | None = Field(
         None,
         description=f"X-API-Key for /admin/* (at least {MIN_API_KEY_LENGTH} characters); unset disables the admin API.",
@@ -44,7 +46,9 @@ class Settings(BaseSettings):
     protect_metrics_docs: bool = Field(
         False, description="Require the API key on /metrics, /docs, /redoc and /openapi.json too."
     )
-    variant: str = Field("auto", description="Bundle variant: auto (int8 on CPU, fp16 on GPU, if present), fp32 …")
+    variant: VariantChoice = Field(
+        "auto", description="Bundle variant; auto: int8 on CPU, fp16 on GPU when the bundle has it, else fp32."
+    )
     ort_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = one per core).")
     ort_spin: bool = Field(False, description="Let idle ONNX Runtime threads busy-wait (only with ort_threads > 1).")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads.")
@@ -85,8 +89,8 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(64, ge=1, description="Most queries in one POST /search/batch.")
     reload_poll_seconds: float = Field(2.0, ge=0, description="How often ROOT/current is checked (0 = never).")
     verify_checksums: bool = Field(True, description="sha256-check index and bundle files on load.")
-    access_log: bool = False
-    log_level: str = "info"
+    access_log: bool = Field(False, description="Log every request (uvicorn's access log).")
+    log_level: LogLevel = Field("info", description="Log level of the service and of uvicorn.")
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -22,12 +22,16 @@ VALID = [
     {"query": "  leading and trailing spaces  ", "k": 7},
     {"query": "ünïcødé quëry — with dashes", "k": 3},
     {"query": "word " * 400, "k": 2},  # truncated to the bundle's max tokens
+    {"query": "gene", "k": 4, "mode": "dense", "fields": ["title", "text"], "score_threshold": -1.0},
+    {"query": "gene", "filter": {"ids": ["d0-1", "d0-2", "d0-3"]}, "fields": ["metadata", "nope"]},
 ]
 INVALID: list[tuple[bytes, dict[str, str]]] = [
     (b"{", {}),
     (b'{"query": "x", "k": "10"}', {}),
     (b'{"query": "x", "k": true}', {}),
     (b'{"query": "x", "k": 0}', {}),
+    (b'{"query": "x", "mode": "hybrid"}', {}),  # the index holds no BM25
+    (b'{"query": "x", "filter": {"fields": {"a": null}}}', {}),
     (b'{"query": "x", "k": 1001}', {}),
     (b'{"query": "   "}', {}),
     (b'{"query": ""}', {}),

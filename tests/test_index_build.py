@@ -29,7 +29,7 @@ def test_manifest_describes_the_index(tiny_index: Path, tiny_model: Path) -> Non
     m = read_index_manifest(tiny_index, verify=True)
     assert m.count == 40 and m.space.dim == 32 and m.factory == "Flat" and m.metric == "ip"
     assert m.space.sha256 == weights_sha256(tiny_model)
-    assert m.encoder.pooling == "mean" and set(m.files) == {"index.faiss", "docs.json"}
+    assert m.encoder.pooling == "mean" and set(m.files) == {"index.faiss", "docs.json", "docs.sqlite"}
     assert not work_dir(tiny_index).exists(), "resume shards are removed after a successful build"
 
 

@@ -6,6 +6,7 @@ Cross-process tests share a Milvus Lite gRPC server (``python -m milvus_lite ser
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ from pydantic import ValidationError
 
 from scalingnote.errors import BackendError
 from scalingnote.index import milvus_backend, versions
+from scalingnote.index.docstore import Filter
 from scalingnote.index.milvus_backend import MilvusIndex, MilvusStore, collection_name
+from scalingnote.index.query import SearchSpec
 from scalingnote.index.store import LoadedIndex
 from scalingnote.service.app import create_app
 from scalingnote.service.settings import Settings
@@ -36,6 +39,8 @@ from tests.conftest import (
     server_env,
 )
 from tests.test_faults_index import copy_as_version
+from tests.test_hybrid_filters import FILTERS
+from tests.test_hybrid_filters import meta_space as meta_space  # a fixture
 
 API_KEY = "milvus-test-key-0123456789abcdef0123"
 ADMIN = {"X-API-Key": API_KEY}
@@ -206,3 +211,18 @@ def test_milvus_matches_faiss_ndcg_on_scifact(scifact: Path, request: pytest.Fix
         scores[name] = evaluate(ds.qrels["test"], run)["ndcg@10"]
     assert len(queries) == 300 and scores["faiss"] > 0.5
     assert abs(scores["milvus"] - scores["faiss"]) <= 0.002, scores
+
+
+@pytest.mark.parametrize("raw", FILTERS, ids=[json.dumps(f) for f in FILTERS])
+def test_milvus_filters_match_faiss(raw: dict, meta_space: Space, milvus_uri: str, tmp_path: Path) -> None:
+    """The same filter grammar on both backends: FAISS (IDSelector over the document store) and Milvus (an
+    expression over its JSON metadata field) return the same documents, with the same fields."""
+    store = MilvusStore.connect(milvus_uri, "meta")  # one collection for every case: the version is the same
+    if "meta" not in store.client.list_aliases().get("aliases", []):
+        store.sync(index_root(tmp_path / "root", meta_space.index))
+    faiss_index, milvus = LoadedIndex.load(meta_space.index), MilvusIndex.open(store.client, store.resolve())
+    spec = SearchSpec(20, "dense", Filter.model_validate(raw), ("journal", "year", "venue"))
+    for vector in faiss_index.vectors()[[0, 7, 80]]:
+        want, got = faiss_index.query(vector[None], "", spec), milvus.query(vector[None], "", spec)
+        assert [(h.id, h.fields) for h in got] == [(h.id, h.fields) for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)

@@ -85,3 +85,17 @@ def test_power_law_recovers_its_exponent_and_the_ladder_figure_is_drawn(tmp_path
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
     table = "\n".join(ladder_table(rows, fits))
     assert "| gemma3-270m | 268.0 M | 0.7200 |" in table and "Power-law fits" in table
+
+
+def test_hybrid_is_judged_against_bm25_and_the_served_student() -> None:
+    rows = ladder_rows({"minilm-l6": (22.6e6, 0.687)})
+    served = next(r for r in rows if r.served)
+    rows.append(row("hybrid", "hybrid", 0.70, variant="int8", layers=4, teacher="teacher", p50=2))
+    checks = {what: (met, figure) for what, met, figure in targets(rows, Targets())}
+    assert checks["hybrid (served student + BM25) > BM25"] == (True, "0.7000 vs 0.6760")
+    assert checks[f"hybrid (served student + BM25) > {served.system}"][0] is True
+    assert "beats the best of them, BM25 (0.6760)" in verdict(rows)[0]
+    rows[-1].metrics["ndcg@10"] = 0.66
+    checks = {what: met for what, met, _ in targets(rows, Targets())}
+    assert checks["hybrid (served student + BM25) > BM25"] is False
+    assert "does not beat" in verdict(rows)[0]

@@ -15,7 +15,7 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="Train teachers (stage 1), distil students (stage 2), baselines.")
 
 ProfileName = Annotated[
-    str, typer.Option("--profile", help="Built-in profile (see `scalingnote train profiles`): demo, cpu, cpu-llm, gpu.")
+    str, typer.Option("--profile", help="Built-in profile name (`scalingnote train profiles` lists them).")
 ]
 ProfileFile = Annotated[Path | None, typer.Option(help="A profile TOML file (instead of --profile).")]
 Overrides = Annotated[

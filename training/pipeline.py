@@ -156,15 +156,16 @@ class Run:
         subprocess.run(cmd, check=True)
 
     def index(
-        self, encoder: str, out: Path, cached: bool = False, max_length: int | None = None
+        self, encoder: str, out: Path, cached: bool = False, max_length: int | None = None, bm25: bool = False
     ) -> Callable[[], object]:
         """Build ``encoder``'s index at ``out``; ``cached``: through the shared index cache (for doc towers that other
-        runs or stages have too: off-the-shelf baselines, frozen doc towers)."""
+        runs or stages have too: off-the-shelf baselines, frozen doc towers); ``bm25``: with its BM25 side (the
+        served indexes, so that /search has the hybrid mode)."""
         from scalingnote.index.build import build_index, cached_index
 
         build = cached_index if cached else build_index
-        batch, progress = self.profile.index_batch_size, self.progress
-        return lambda: build(self.dataset, encoder, out, max_length=max_length, batch_size=batch, progress=progress)
+        options = {"max_length": max_length, "batch_size": self.profile.index_batch_size, "bm25": bm25}
+        return lambda: build(self.dataset, encoder, out, progress=self.progress, **options)
 
     def export(self, model: Path, bundle: Path, int8: bool, index: Path) -> Callable[[], object]:
         from scalingnote.training.export import export_bundle
@@ -225,7 +226,13 @@ def teacher_stages(run: Run, teacher: str, cfg) -> list[Stage]:
     bundle = lay.teacher_bundle(teacher)
     return [
         Stage(teacher, out, [cfg.model_dump(), run.data_key], train, d2q),
-        Stage(index.name, index, "index", run.index(str(out), index, cached=cfg.doc_tower == "frozen"), (teacher,)),
+        Stage(
+            index.name,
+            index,
+            "index+bm25",
+            run.index(str(out), index, cached=cfg.doc_tower == "frozen", bm25=True),
+            (teacher,),
+        ),
         Stage(bundle.name, bundle, "teacher-bundle", run.export(out, bundle, False, index), (index.name,)),
     ]
 

@@ -94,6 +94,13 @@ def verdict(rows: list[Row]) -> list[str]:
     text = f"**On this data**, the served student (`{served.stage}`, {served.engine}) scores {served.ndcg:.4f} nDCG@10"
     text += f": it beats {', '.join(above)}" if above else ""
     text += f"{' but' if above else ': it'} **falls below {', '.join(below)}**" if below else ""
+    for hybrid in find(rows, "hybrid"):
+        best = max([*others, served], key=lambda r: r.ndcg)
+        verb = "beats" if hybrid.ndcg > best.ndcg else "does not beat"
+        text += (
+            f". Fused with BM25 (the served index's default `hybrid` mode, reciprocal-rank fusion) it scores "
+            f"{hybrid.ndcg:.4f} and {verb} the best of them, {best.system} ({best.ndcg:.4f})"
+        )
     return [text + ".", ""]
 
 

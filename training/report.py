@@ -82,10 +82,26 @@ def measure(run) -> list[Row]:
         enc = load_timed(row.encoder, "fp32" if row.variant == "torch" else row.variant, run.profile.latency_threads)
         row.latency = time_queries(enc.encode, list(queries.values()), batch_size=1)
         row.params, row.engine = enc.params, enc.engine
-    rows = [bm25, *rows]
+    rows = [bm25, *rows, *hybrid_rows(rows, queries, qrels, ds.corpus)]
     for row in rows:
         row.system = label(row, ladder)
     return rows
+
+
+def hybrid_rows(rows: list[Row], queries: dict[str, str], qrels, corpus) -> list[Row]:
+    """The served student fused with the served index's BM25 (``/search``'s default mode on that index). Its
+    latency is the served student's query encoding, as for every other row."""
+    from scalingnote.evaluation.dense import dense_run
+
+    served = next((r for r in rows if r.served), None)
+    if served is None:
+        return []
+    row = Row("hybrid", "hybrid", served.encoder, served.index, served.variant, served.layers, served.teacher)
+    row.backbone = served.backbone
+    run, _ = dense_run(Path(row.index), row.encoder, queries, 100, row.variant, "hybrid", corpus)
+    row.metrics = evaluate(qrels, run)
+    row.latency, row.params, row.engine = served.latency, served.params, served.engine
+    return [row]
 
 
 def search_latency(index: Path, threads: int) -> dict[str, float]:
@@ -143,7 +159,7 @@ def served_targets(rows: list[Row]) -> list[Target]:
     served = next((r for r in rows if r.served), None)
     if served is None:
         return []
-    return [
+    out: list[Target] = [
         (
             f"served student ({served.engine}) > {other.system}",
             served.ndcg > other.ndcg,
@@ -151,6 +167,11 @@ def served_targets(rows: list[Row]) -> list[Target]:
         )
         for other in find(rows, "bm25") + find(rows, "baseline")
     ]
+    for hybrid in find(rows, "hybrid"):
+        for other in [*find(rows, "bm25"), served]:
+            what = f"hybrid (served student + BM25) > {other.system}"
+            out.append((what, hybrid.ndcg > other.ndcg, f"{hybrid.ndcg:.4f} vs {other.ndcg:.4f}"))
+    return out
 
 
 def ladder_targets(rows: list[Row]) -> list[Target]:

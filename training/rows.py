@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Role = Literal["bm25", "baseline", "teacher", "student", "end2end", "finetune"]
+Role = Literal["bm25", "baseline", "teacher", "student", "end2end", "finetune", "hybrid"]
 
 
 @dataclass
@@ -46,6 +46,8 @@ def label(row: Row, ladder: bool) -> str:
     whose = f"{row.backbone} " if ladder else ""
     if row.role == "bm25":
         return "BM25"
+    if row.role == "hybrid":
+        return f"hybrid: served student{onnx} + BM25 (RRF)"
     if row.role == "baseline":
         return f"{Path(row.encoder).name} off the shelf"
     if row.role == "teacher":

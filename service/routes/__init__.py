@@ -1,10 +1,11 @@
-"""HTTP routes: search, health and admin."""
+"""HTTP routes: search, embeddings, health and admin."""
 
 from fastapi import APIRouter
 
-from scalingnote.service.routes import admin, health, search
+from scalingnote.service.routes import admin, embeddings, health, search
 
 api_router = APIRouter()
 api_router.include_router(search.router)
+api_router.include_router(embeddings.router)
 api_router.include_router(health.router)
 api_router.include_router(admin.router)

@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.types import Receive
 
+from scalingnote.errors import UserError
 from scalingnote.service import engine
 from scalingnote.service.deps import BatcherDep, SettingsDep
 from scalingnote.service.schemas import (
@@ -15,6 +16,7 @@ from scalingnote.service.schemas import (
     BatchSearchResponse,
     ErrorBody,
     QueryResult,
+    SearchOptions,
     SearchRequest,
     SearchResponse,
 )
@@ -28,7 +30,11 @@ ERRORS: dict[int | str, dict] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
         (413, "Body larger than SCALINGNOTE_MAX_BODY_BYTES."),
-        (422, "Invalid body: empty/blank query, k out of range, queries x k over the cap, wrong type, unknown field."),
+        (
+            422,
+            "Invalid body: empty/blank query, k out of range, queries x k over the cap, wrong type, unknown field, "
+            "a mode the index does not hold.",
+        ),
         (429, "Queue full or its expected wait over budget: retry after the Retry-After header's seconds."),
         (503, "Not ready yet, or the request waited longer than SCALINGNOTE_REQUEST_TIMEOUT_S."),
     )
@@ -45,8 +51,21 @@ def check_hit_cap(settings: Settings, queries: int, k: int) -> None:
         )
 
 
+def check_mode(eng: engine.Engine, options: SearchOptions) -> None:
+    """422 when ``options`` asks for a retrieval mode the serving index does not hold."""
+    index = eng.current.index
+    if options.mode is not None and index is not None and options.mode not in index.modes:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"mode: the served index holds {', '.join(index.modes)}, not {options.mode} "
+            "(BM25 modes need an index built with --bm25)",
+        )
+
+
 async def await_job(job: asyncio.Future[engine.BatchOutput], receive: Receive, timeout: float) -> engine.BatchOutput:
-    """The job's output; a job that times out or whose client goes away is cancelled, so never computed.
+    """The job's output; a job that times out or whose client goes away is cancelled, so never computed. A
+    request the index cannot answer as asked (:class:`UserError`, e.g. fields of an index without a document
+    store) is a 422.
 
     A job answered within ``WATCH_AFTER_S`` (nearly all of them) costs two timer handles: only a job still
     waiting then gets a task that watches for the client's disconnect (the body is read, so the next ASGI
@@ -79,6 +98,8 @@ async def await_job(job: asyncio.Future[engine.BatchOutput], receive: Receive, t
     )
     try:
         return await job
+    except UserError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except asyncio.CancelledError:
         if reason:
             raise reason[0] from None
@@ -92,17 +113,19 @@ async def await_job(job: asyncio.Future[engine.BatchOutput], receive: Receive, t
 
 
 async def _run(
-    request: Request, batcher: BatcherDep, settings: SettingsDep, texts: list[str], k: int
+    request: Request, batcher: BatcherDep, settings: SettingsDep, texts: list[str], options: SearchOptions
 ) -> engine.BatchOutput:
-    check_hit_cap(settings, len(texts), k)
-    return await await_job(batcher.enqueue(texts, k), request.receive, settings.request_timeout_s)
+    check_hit_cap(settings, len(texts), options.k)
+    check_mode(batcher.engine, options)
+    return await await_job(batcher.enqueue(texts, options.spec()), request.receive, settings.request_timeout_s)
 
 
 @router.post("/search", response_model_exclude_none=True, responses=ERRORS)
 async def search(body: SearchRequest, request: Request, batcher: BatcherDep, settings: SettingsDep) -> SearchResponse:
-    """Top-k documents for one query. A query longer than the bundle's max tokens is cut (`truncated`)."""
+    """Top-k documents for one query, by the index's default mode or `mode`, among the documents `filter` allows.
+    A query longer than the bundle's max tokens is cut (`truncated`)."""
     started = time.perf_counter()
-    out = await _run(request, batcher, settings, [body.query], body.k)
+    out = await _run(request, batcher, settings, [body.query], body)
     return SearchResponse(
         results=out.hits[0],
         truncated=out.truncated[0],
@@ -122,7 +145,7 @@ async def search_batch(
             f"queries: at most {settings.max_batch_queries} queries per request, got {len(body.queries)}",
         )
     started = time.perf_counter()
-    out = await _run(request, batcher, settings, body.queries, body.k)
+    out = await _run(request, batcher, settings, body.queries, body)
     return BatchSearchResponse(
         responses=[QueryResult(results=h, truncated=t) for h, t in zip(out.hits, out.truncated, strict=True)],
         took_ms=round((time.perf_counter() - started) * 1000, 3),
