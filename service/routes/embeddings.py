@@ -25,26 +25,16 @@ from scalingnote.service.embedding_schemas import (
     OpenAIEmbeddingList,
     OpenAIEmbeddingRequest,
 )
-from scalingnote.service.routes.search import await_job
-from scalingnote.service.schemas import ErrorBody
+from scalingnote.service.routes.search import await_job, error_responses
 
 router = APIRouter(tags=["embeddings"])
 DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}  # variant → TEI's model_dtype
 
-ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (413, "Body larger than SCALINGNOTE_MAX_BODY_BYTES."),
-        (
-            422,
-            "Invalid body: empty/blank text, token ids, more than SCALINGNOTE_MAX_BATCH_QUERIES texts, wrong type, "
-            "unknown field, a text over max_input_length tokens (without truncate), an option the bundle cannot "
-            "honour (dimensions, normalize=false, prompt_name, Left truncation, another model).",
-        ),
-        (429, "Queue full or its expected wait over budget: retry after the Retry-After header's seconds."),
-        (503, "Not ready yet, or the request waited longer than SCALINGNOTE_REQUEST_TIMEOUT_S."),
-    )
-}
+ERRORS = error_responses(
+    "Invalid body: empty/blank text, token ids, more than SCALINGNOTE_MAX_BATCH_QUERIES texts, wrong type, "
+    "unknown field, a text over max_input_length tokens (without truncate), an option the bundle cannot "
+    "honour (dimensions, normalize=false, prompt_name, Left truncation, another model)."
+)
 
 
 def _invalid(message: str) -> HTTPException:

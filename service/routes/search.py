@@ -26,19 +26,22 @@ router = APIRouter(tags=["search"])
 CLIENT_CLOSED = 499  # nginx's "client closed request": only ever logged, the client is gone
 WATCH_AFTER_S = 0.005  # a job still waiting after this starts watching for its client's disconnect
 
-ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (413, "Body larger than SCALINGNOTE_MAX_BODY_BYTES."),
-        (
-            422,
-            "Invalid body: empty/blank query, k out of range, queries x k over the cap, wrong type, unknown field, "
-            "a mode the index does not hold.",
-        ),
-        (429, "Queue full or its expected wait over budget: retry after the Retry-After header's seconds."),
-        (503, "Not ready yet, or the request waited longer than SCALINGNOTE_REQUEST_TIMEOUT_S."),
-    )
-}
+
+def error_responses(invalid: str) -> dict[int | str, dict]:
+    """The OpenAPI error responses of a batched route (413, 422 with ``invalid`` as its causes, 429, 503)."""
+    texts = {
+        413: "Body larger than SCALINGNOTE_MAX_BODY_BYTES.",
+        422: invalid,
+        429: "Queue full or its expected wait over budget: retry after the Retry-After header's seconds.",
+        503: "Not ready yet, or the request waited longer than SCALINGNOTE_REQUEST_TIMEOUT_S.",
+    }
+    return {code: {"model": ErrorBody, "description": text} for code, text in texts.items()}
+
+
+ERRORS = error_responses(
+    "Invalid body: empty/blank query, k out of range, queries x k over the cap, wrong type, unknown field, "
+    "a mode the index does not hold."
+)
 
 
 def check_hit_cap(settings: Settings, queries: int, k: int) -> None:
