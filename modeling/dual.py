@@ -31,7 +31,7 @@ def adopt_backbone_files(tower_dir: Path, backbone: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     for _, folder in st_modules(backbone):
-        if folder != backbone:
+        if folder != backbone and folder.is_dir():  # a module without files (Normalize) may have no folder
             shutil.copytree(folder, tower_dir / folder.relative_to(backbone), dirs_exist_ok=True)
     if (backbone / "modules.json").is_file():
         shutil.copyfile(backbone / "modules.json", tower_dir / "modules.json")
