@@ -70,7 +70,7 @@ def main() -> None:
     for i, (qid, text) in enumerate(zip(qids, texts, strict=True)):
         for name, spec in systems.items():
             started = time.perf_counter()
-            hits = index.query(vectors[i : i + 1], text, spec)
+            (hits,) = index.query(vectors[i : i + 1], [text], [spec])
             times[name].append((time.perf_counter() - started) * 1000)
             runs[name][qid] = {h.id: h.score for h in hits}
     rows = {}

@@ -27,7 +27,7 @@ from readme_block import replace_block
 
 from scalingnote.beir import load_corpus
 from scalingnote.index.build import build_index
-from scalingnote.index.ray_build import RayOptions, _connect
+from scalingnote.index.ray_build import RayOptions, connect
 from scalingnote.paths import data_root
 from scalingnote.training.render import cpu_model
 
@@ -49,7 +49,7 @@ def run(model: str, n_docs: int, max_length: int, repeats: int, work: Path) -> d
     docs = list(load_corpus(data_root() / "scifact" / "corpus.jsonl").values())[:n_docs]
     subset = write_subset(docs, work / "data")
     t0 = time.perf_counter()
-    _connect(RayOptions())
+    connect(RayOptions())
     startup = time.perf_counter() - t0
     rates: dict[str, list[float]] = {name: [] for name in ENGINES}
     cosines: dict[str, float] = {}

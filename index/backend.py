@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +36,6 @@ class SearchIndex(Protocol):
     @property
     def default_mode(self) -> Mode: ...
 
-    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
-        """The hits of one query (its vector, shape (1, dim), and its text) as ``spec`` asks."""
+    def query(self, vectors: np.ndarray, texts: Sequence[str], specs: Sequence[SearchSpec]) -> list[list[Hit]]:
+        """The hits of each query (``vectors[i]``, ``texts[i]``) as ``specs[i]`` asks."""
         ...

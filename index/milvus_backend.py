@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,14 +159,18 @@ class MilvusIndex:
         return Hit(id=found["id"], score=found["distance"], title=title,
                    fields={name: doc[name] for name in fields if doc.get(name) is not None})  # fmt: skip
 
-    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
-        """One dense query as ``spec`` asks: the filter as a Milvus expression, fields, the score floor."""
-        if (spec.mode or "dense") != "dense":
-            raise UserError(f"{self.source} serves dense retrieval only, not mode {spec.mode!r}")
-        expr = "" if spec.filter is None else filter_expr(spec.filter)
-        (found,) = self.hits(vector, spec.k, expr, spec.fields)
-        floor = spec.score_threshold
-        return found if floor is None else [h for h in found if h.score >= floor]
+    def query(self, vectors: np.ndarray, texts: Sequence[str], specs: Sequence[SearchSpec]) -> list[list[Hit]]:
+        """Dense queries as ``specs`` ask, one Milvus search each: the filter as a Milvus expression, fields, the
+        score floor."""
+        out = []
+        for i, spec in enumerate(specs):
+            if (spec.mode or "dense") != "dense":
+                raise UserError(f"{self.source} serves dense retrieval only, not mode {spec.mode!r}")
+            expr = "" if spec.filter is None else filter_expr(spec.filter)
+            (found,) = self.hits(vectors[i : i + 1], spec.k, expr, spec.fields)
+            floor = spec.score_threshold
+            out.append(found if floor is None else [h for h in found if h.score >= floor])
+        return out
 
 
 @dataclass

@@ -108,7 +108,7 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
-def _connect(options: RayOptions) -> dict[str, float]:
+def connect(options: RayOptions) -> dict[str, float]:
     """Join (or start) the Ray cluster; returns its resources."""
     try:
         import ray
@@ -149,7 +149,7 @@ def embed_with_ray(
     every doc's vector in order and how many texts this run embedded."""
     import ray
 
-    resources = _connect(options)
+    resources = connect(options)
     hashes = [text_hash(d.full_text) for d in docs]
     todo = {h for h in hashes if h not in cache}
     fresh: set[str] = set()

@@ -4,6 +4,7 @@ document store (filters, fields) and the BM25 index (lexical and hybrid modes). 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,18 +114,44 @@ class LoadedIndex:
             return np.array([r for r, doc_id in enumerate(self.ids) if doc_id in wanted], dtype=np.int64)
         return self.docstore.rows(flt)
 
-    def query(self, vector: np.ndarray, text: str, spec: SearchSpec) -> list[Hit]:
-        """The hits of one query (its vector, shape (1, dim), and its text) as ``spec`` asks."""
-        mode = spec.mode or self.default_mode
-        if mode not in self.modes:
-            raise UserError(f"{self.source} holds no BM25 index: mode {mode!r} needs one (index build --bm25)")
-        rows = self.filter_rows(spec.filter)
-        depth = max(spec.k, HYBRID_DEPTH) if mode == "hybrid" else spec.k
-        dense: fusion.Ranking = []
-        if mode != "bm25":
-            scores, found = self.search(vector, depth, rows)
-            dense = [(r, s) for r, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
-        lexical = self.lexical.search([text], depth, rows)[0] if mode != "dense" and self.lexical else []
+    def query(self, vectors: np.ndarray, texts: Sequence[str], specs: Sequence[SearchSpec]) -> list[list[Hit]]:
+        """The hits of each query (``vectors[i]``, ``texts[i]``) as ``specs[i]`` asks. The unfiltered dense
+        sides share one FAISS search per candidate depth; filtered ones search alone, through their selector."""
+        modes = [spec.mode or self.default_mode for spec in specs]
+        for mode in modes:
+            if mode not in self.modes:
+                raise UserError(f"{self.source} holds no BM25 index: mode {mode!r} needs one (index build --bm25)")
+        rows = [self.filter_rows(spec.filter) for spec in specs]
+        depths = [max(s.k, HYBRID_DEPTH) if m == "hybrid" else s.k for s, m in zip(specs, modes, strict=True)]
+        dense: list[fusion.Ranking] = [[] for _ in specs]
+        shared: dict[int, list[int]] = {}
+        for i, mode in enumerate(modes):
+            if mode == "bm25":
+                continue
+            if rows[i] is None:
+                shared.setdefault(depths[i], []).append(i)
+            else:
+                dense[i] = self._ranked(*self.search(vectors[i : i + 1], depths[i], rows[i]))[0]
+        for depth, group in shared.items():
+            for i, ranking in zip(group, self._ranked(*self.search(vectors[group], depth)), strict=True):
+                dense[i] = ranking
+        return [
+            self._answer(spec, mode, dense[i], self._lexical(texts[i], depths[i], rows[i]) if mode != "dense" else [])
+            for i, (spec, mode) in enumerate(zip(specs, modes, strict=True))
+        ]
+
+    @staticmethod
+    def _ranked(scores: np.ndarray, found: np.ndarray) -> list[fusion.Ranking]:
+        return [
+            [(r, s) for r, s in zip(rrow, srow, strict=True) if r >= 0]
+            for srow, rrow in zip(scores.tolist(), found.tolist(), strict=True)
+        ]
+
+    def _lexical(self, text: str, depth: int, rows: np.ndarray | None) -> fusion.Ranking:
+        assert self.lexical is not None  # checked through self.modes
+        return self.lexical.search([text], depth, rows)[0]
+
+    def _answer(self, spec: SearchSpec, mode: Mode, dense: fusion.Ranking, lexical: fusion.Ranking) -> list[Hit]:
         if mode == "hybrid":
             ranked = fusion.rrf([dense, lexical]) if spec.weight is None else fusion.convex(dense, lexical, spec.weight)
         else:

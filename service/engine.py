@@ -235,17 +235,22 @@ def bundle_encoder(settings: Settings) -> BundleEncoder:
 
 def hits_for(index: SearchIndex, vectors: np.ndarray, texts: list[str], specs: list[Spec]) -> list[list[Hit]]:
     """The hits each spec asks for. Plain dense searches take one batched search per distinct k, over only the
-    queries that asked for it (a large k costs only its own); the others (filters, fields, bm25, hybrid) one
-    query at a time."""
+    queries that asked for it (a large k costs only its own); the others (filters, fields, bm25, hybrid) go to
+    the index's :meth:`~SearchIndex.query` together."""
     hits: list[list[Hit]] = [[] for _ in specs]
     plain: dict[int, list[int]] = {}
+    other: list[int] = []
     for row, spec in enumerate(specs):
         if spec is None:
             continue
         if spec.plain(index.default_mode):
             plain.setdefault(spec.k, []).append(row)
         else:
-            hits[row] = index.query(vectors[row : row + 1], texts[row], spec)
+            other.append(row)
+    if other:
+        answered = index.query(vectors[other], [texts[r] for r in other], [specs[r] for r in other])
+        for row, found in zip(other, answered, strict=True):
+            hits[row] = found
     for k in sorted(plain):
         rows = plain[k]
         for row, found in zip(rows, index.hits(vectors[rows], k), strict=True):

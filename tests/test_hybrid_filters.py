@@ -103,7 +103,7 @@ def test_dense_filter_equals_brute_force(raw: dict, index: LoadedIndex, encoder:
         q, _ = encoder.encode_with_flags([query])
         scores = vectors[allowed] @ q[0]
         order = np.argsort(-scores, kind="stable")[:10]
-        hits = index.query(q, query, SearchSpec(10, "dense", flt))
+        (hits,) = index.query(q, [query], [SearchSpec(10, "dense", flt)])
         assert [h.id for h in hits] == [corpus_id(corpus, allowed[i]) for i in order]
         assert [h.score for h in hits] == pytest.approx(scores[order].tolist(), abs=1e-5)
 
@@ -115,8 +115,8 @@ def corpus_id(corpus: dict, row: int) -> str:
 def test_bm25_filter_and_fields(index: LoadedIndex, meta_space: Space) -> None:
     corpus = load_corpus(meta_space.corpus / "corpus.jsonl")
     flt = Filter.model_validate({"fields": {"journal": "Science"}})
-    hits = index.query(
-        np.zeros((1, index.dim), np.float32), "gene cancer", SearchSpec(20, "bm25", flt, ("text", "year"))
+    (hits,) = index.query(
+        np.zeros((1, index.dim), np.float32), ["gene cancer"], [SearchSpec(20, "bm25", flt, ("text", "year"))]
     )
     assert hits, "some Science document mentions gene or cancer"
     for hit in hits:
@@ -133,16 +133,31 @@ def test_bm25_filter_and_fields(index: LoadedIndex, meta_space: Space) -> None:
 def test_hybrid_fuses_both_rankings(index: LoadedIndex, encoder: BundleEncoder) -> None:
     query = "immune virus vaccine"
     q, _ = encoder.encode_with_flags([query])
-    dense = index.query(q, query, SearchSpec(100, "dense"))
-    lexical = index.query(q, query, SearchSpec(100, "bm25"))
+    (dense,) = index.query(q, [query], [SearchSpec(100, "dense")])
+    (lexical,) = index.query(q, [query], [SearchSpec(100, "bm25")])
     rows = {doc_id: r for r, doc_id in enumerate(index.ids)}
     expected = fusion.rrf([[(rows[h.id], h.score) for h in ranking] for ranking in (dense, lexical)])[:10]
-    hybrid = index.query(q, query, SearchSpec(10))  # the default mode of an index with BM25
+    (hybrid,) = index.query(q, [query], [SearchSpec(10)])  # the default mode of an index with BM25
     assert [(h.id, h.score) for h in hybrid] == [(index.ids[r], pytest.approx(s)) for r, s in expected]
-    convex = index.query(q, query, SearchSpec(10, "hybrid", weight=1.0))
+    (convex,) = index.query(q, [query], [SearchSpec(10, "hybrid", weight=1.0)])
     assert [h.id for h in convex] == [h.id for h in dense[:10]], "weight 1 is the dense ranking"
-    floor = index.query(q, query, SearchSpec(10, "dense", score_threshold=dense[4].score))
+    (floor,) = index.query(q, [query], [SearchSpec(10, "dense", score_threshold=dense[4].score)])
     assert [h.id for h in floor] == [h.id for h in dense[:5]]
+
+
+def test_batched_queries_equal_one_at_a_time(index: LoadedIndex, encoder: BundleEncoder) -> None:
+    """Mixed modes, depths and filters in one call: the shared FAISS searches change no query's answer."""
+    texts = ["immune virus vaccine", "gene cancer", "brain memory sleep", "heart blood dose", "protein signal"]
+    flt = Filter.model_validate({"fields": {"journal": {"in": ["Cell", "Nature"]}}})
+    specs = [SearchSpec(10), SearchSpec(5, "dense", fields=("journal",)), SearchSpec(10, "hybrid", flt),
+             SearchSpec(150, "hybrid", weight=0.3), SearchSpec(7, "bm25")]  # fmt: skip
+    q, _ = encoder.encode_with_flags(texts)
+    together = index.query(q, texts, specs)
+    alone = [index.query(q[i : i + 1], [t], [s])[0] for i, (t, s) in enumerate(zip(texts, specs, strict=True))]
+    assert [[(h.id, h.fields) for h in r] for r in together] == [[(h.id, h.fields) for h in r] for r in alone]
+    for got, want in zip(together, alone, strict=True):
+        assert [h.score for h in got] == pytest.approx([h.score for h in want])
+    assert all(together), "every spec finds something"
 
 
 def test_fusion_functions() -> None:
@@ -167,7 +182,7 @@ def test_index_without_bm25_or_docstore_refuses_clearly(tiny: Space) -> None:
     index = LoadedIndex.load(tiny.index)
     assert index.modes == ("dense",) and index.default_mode == "dense"
     with pytest.raises(UserError, match="holds no BM25 index"):
-        index.query(np.zeros((1, index.dim), np.float32), "x", SearchSpec(3, "hybrid"))
+        index.query(np.zeros((1, index.dim), np.float32), ["x"], [SearchSpec(3, "hybrid")])
 
 
 # --- /search -----------------------------------------------------------------------------------------------------
@@ -196,7 +211,7 @@ def test_search_with_filter_returns_only_matching_documents(client: TestClient, 
 def test_search_default_mode_is_hybrid_and_matches_the_index(client: TestClient, index: LoadedIndex, encoder) -> None:
     query = "heart blood dose trial"
     q, _ = encoder.encode_with_flags([query])
-    expected = [(h.id, h.score) for h in index.query(q, query, SearchSpec(10, "hybrid"))]
+    expected = [(h.id, h.score) for h in index.query(q, [query], [SearchSpec(10, "hybrid")])[0]]
     got = client.post("/search", json={"query": query}).json()["results"]
     assert [(h["id"], pytest.approx(h["score"])) for h in got] == expected
     batch = client.post("/search/batch", json={"queries": [query, "gene"], "mode": "hybrid"}).json()

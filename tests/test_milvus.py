@@ -223,6 +223,6 @@ def test_milvus_filters_match_faiss(raw: dict, meta_space: Space, milvus_uri: st
     faiss_index, milvus = LoadedIndex.load(meta_space.index), MilvusIndex.open(store.client, store.resolve())
     spec = SearchSpec(20, "dense", Filter.model_validate(raw), ("journal", "year", "venue"))
     for vector in faiss_index.vectors()[[0, 7, 80]]:
-        want, got = faiss_index.query(vector[None], "", spec), milvus.query(vector[None], "", spec)
+        (want,), (got,) = faiss_index.query(vector[None], [""], [spec]), milvus.query(vector[None], [""], [spec])
         assert [(h.id, h.fields) for h in got] == [(h.id, h.fields) for h in want]
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)

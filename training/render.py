@@ -180,7 +180,7 @@ def student_details(name: str, student_dir: Path, bundle_dir: Path) -> list[str]
     if student:
         cfg, held = student["config"], student["heldout"]
         layers = cfg["student"]["layers"]
-        shape = "the token table (static, mean-pooled)" if layers in (0, []) else f"layers {layers}"
+        shape = "the token table (static, mean-pooled)" if not layers else f"layers {layers}"
         lines.append(
             f"- `{name}`: {shape} of `{cfg['student']['backbone']}` + projection,"
             f" {cfg['steps']} steps × {cfg['batch_size']} on {student['queries']} queries; held-out agreement"
