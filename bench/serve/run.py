@@ -50,6 +50,8 @@ from readme_block import README, replace_block
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+MODES = ["dense", "bm25", "hybrid"]
+MODE_HELP = "/search mode (default dense, as the baselines; an index built with --bm25 would default to hybrid)."
 BENCH_BLOCK, TUNE_BLOCK = "serve-bench", "serve-tuning"
 SATURATED_P99_MS = 1000.0
 
@@ -494,6 +496,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--name", default="student", help="What --bundle is, for the labels (e.g. 4-layer int8).")
     p.add_argument("--query-model", default="minilm-l6", help="Query model of baselines b and c (built-in or dir).")
     p.add_argument("--queries", type=Path, default=None, help="qid<TAB>text (default: MS MARCO dev-small).")
+    p.add_argument("--mode", choices=MODES, default="dense", help=MODE_HELP)
     p.add_argument("--rates", type=floats, default=[100, 200, 300, 400, 600])
     p.add_argument("--duration", type=float, default=30.0, help="Seconds per open-loop rate.")
     p.add_argument("--arrivals", choices=["poisson", "even"], default="poisson", help="Open-loop arrivals.")
@@ -542,7 +545,9 @@ def main() -> None:
     work = REPO / ".cache" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     queries = loadgen.read_queries(args.queries or data_root() / loadgen.MSMARCO_QUERIES)
-    search_bodies = loadgen.write_bodies(work / "search.jsonl", [{"query": q, "k": 10} for q in queries])
+    search_bodies = loadgen.write_bodies(
+        work / "search.jsonl", [{"query": q, "k": 10, "mode": args.mode} for q in queries]
+    )
     embed_bodies = loadgen.write_bodies(work / "embed.jsonl", [{"model": ".", "input": [q]} for q in queries])
     binary = loadgen.build(work)
     index_dir = versions.current_path(args.index) if versions.is_root(args.index) else args.index
@@ -610,6 +615,7 @@ def main() -> None:
             "bundle_name": bundle.name,
             "variant": pick_variant(bundle, os.environ.get("SCALINGNOTE_VARIANT", "auto")),
             "index": str(index_dir),
+            "mode": args.mode,
             "index_docs": read_index_manifest(index_dir).count,
             "query_model": args.query_model,
             "queries": len(queries),

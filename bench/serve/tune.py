@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--index", type=Path, required=True, help="Index dir or root.")
     p.add_argument("--base", type=pairs, default={}, help="Base settings, KEY=VALUE,... (SCALINGNOTE_ prefix off).")
     p.add_argument("--index-variant", action="append", default=[], help="LABEL=DIR: a row over another index.")
+    p.add_argument("--mode", choices=run.MODES, default="dense", help=run.MODE_HELP)
     p.add_argument("--rate", type=float, default=300.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=run.HERE / "tuning.json")
@@ -82,7 +83,7 @@ def main() -> None:
     work = run.REPO / ".cache" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     queries = loadgen.read_queries(data_root() / loadgen.MSMARCO_QUERIES)
-    bodies = loadgen.write_bodies(work / "search.jsonl", [{"query": q, "k": 10} for q in queries])
+    bodies = loadgen.write_bodies(work / "search.jsonl", [{"query": q, "k": 10, "mode": args.mode} for q in queries])
     binary = loadgen.build(work)
     serve = [str(Path(sys.executable).with_name("scalingnote")), "serve", "--port", "{port}"]
     rows = []
