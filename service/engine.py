@@ -239,16 +239,16 @@ def hits_for(index: SearchIndex, vectors: np.ndarray, texts: list[str], specs: l
     the index's :meth:`~SearchIndex.query` together."""
     hits: list[list[Hit]] = [[] for _ in specs]
     plain: dict[int, list[int]] = {}
-    other: list[int] = []
+    other: dict[int, SearchSpec] = {}
     for row, spec in enumerate(specs):
         if spec is None:
             continue
         if spec.plain(index.default_mode):
             plain.setdefault(spec.k, []).append(row)
         else:
-            other.append(row)
+            other[row] = spec
     if other:
-        answered = index.query(vectors[other], [texts[r] for r in other], [specs[r] for r in other])
+        answered = index.query(vectors[list(other)], [texts[r] for r in other], list(other.values()))
         for row, found in zip(other, answered, strict=True):
             hits[row] = found
     for k in sorted(plain):
