@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,18 @@ def make_session(model: Path, threads: int | None = None, spin: bool = True):
         raise ArtifactError(f"{model}: ONNX Runtime cannot load the graph ({str(exc).splitlines()[0]})") from None
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One ONNX call: the vectors [N, dim]; per text, whether it was cut to ``max_length`` and the tokens it
+    kept (prefix and special tokens included); the seconds spent tokenizing (``tokenize``) and in ONNX
+    (``encode``)."""
+
+    vectors: np.ndarray
+    truncated: list[bool]
+    tokens: list[int]
+    seconds: dict[str, float]
+
+
 class BundleEncoder:
     """Encode queries with a bundle's ONNX graph; reports which inputs were truncated."""
 
@@ -99,17 +112,17 @@ class BundleEncoder:
 
     def encode_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Embeddings [N, dim] in one call and, per text, whether it was cut to ``max_length`` tokens."""
-        vectors, truncated, _ = self.encode_timed(texts)
-        return vectors, truncated
+        out = self.encode_timed(texts)
+        return out.vectors, out.truncated
 
-    def encode_timed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool], dict[str, float]]:
-        """:meth:`encode_with_flags` plus the seconds spent tokenizing (``tokenize``) and in ONNX (``encode``)."""
+    def encode_timed(self, texts: Sequence[str]) -> Encoded:
+        """:meth:`encode_with_flags` plus each text's token count and the time of each step."""
         started = time.perf_counter()
         encodings = self.tokenize(texts)
         tokenized = time.perf_counter()
         vectors = self.run(encodings)
         seconds = {"tokenize": tokenized - started, "encode": time.perf_counter() - tokenized}
-        return vectors, [bool(e.overflowing) for e in encodings], seconds
+        return Encoded(vectors, [bool(e.overflowing) for e in encodings], [len(e.ids) for e in encodings], seconds)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed any number of texts in batches of similar token length."""

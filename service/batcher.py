@@ -277,7 +277,9 @@ class Batcher:
             end = start + len(job.texts)
             if not job.future.done():
                 vectors = None if out.vectors is None else out.vectors[start:end]
-                part = BatchOutput(out.hits[start:end], out.truncated[start:end], out.version, {}, vectors)
+                part = BatchOutput(
+                    out.hits[start:end], out.truncated[start:end], out.version, {}, vectors, out.tokens[start:end]
+                )
                 job.future.set_result(part)
             start = end
 

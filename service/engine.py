@@ -37,14 +37,16 @@ Spec = SearchSpec | None  # what a text asks: a search, or (None) only its embed
 
 @dataclass
 class BatchOutput:
-    """Per text: hits (none for an embedding-only text), whether it was truncated and its query vector; plus
-    the index version that answered and the batch's stage times in seconds (tokenize, encode, search)."""
+    """Per text: hits (none for an embedding-only text), whether it was truncated, its query vector and its
+    token count; plus the index version that answered and the batch's stage times in seconds (tokenize, encode,
+    search)."""
 
     hits: list[list[Hit]]
     truncated: list[bool]
     version: str
     stages: dict[str, float] = field(default_factory=dict)
     vectors: np.ndarray | None = None
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -218,11 +220,11 @@ class Engine:
         with self.lease() as gen:
             index = gen.index
             assert index is not None  # a leased generation is never released
-            vectors, truncated, stages = self.encoder.encode_timed(texts)
+            enc = self.encoder.encode_timed(texts)
             encoded = time.perf_counter()
-            hits = hits_for(index, vectors, texts, [SearchSpec(s) if isinstance(s, int) else s for s in wanted])
-            stages["search"] = time.perf_counter() - encoded
-            return BatchOutput(hits, truncated, gen.version, stages, vectors)
+            hits = hits_for(index, enc.vectors, texts, [SearchSpec(s) if isinstance(s, int) else s for s in wanted])
+            stages = enc.seconds | {"search": time.perf_counter() - encoded}
+            return BatchOutput(hits, enc.truncated, gen.version, stages, enc.vectors, enc.tokens)
 
 
 def bundle_encoder(settings: Settings) -> BundleEncoder:

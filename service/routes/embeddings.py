@@ -51,8 +51,8 @@ def _check_dimensions(encoder: BundleEncoder, dimensions: int | None) -> None:
 
 async def _embed(
     request: Request, batcher: BatcherDep, settings: SettingsDep, inputs: str | list[str], field: str, cut: bool
-) -> tuple[list[str], np.ndarray]:
-    """The texts of ``inputs`` and their vectors; a text over max tokens is a 422 unless ``cut``."""
+) -> tuple[np.ndarray, int]:
+    """The vectors of ``inputs`` and their tokens in all; a text over max tokens is a 422 unless ``cut``."""
     texts = [inputs] if isinstance(inputs, str) else inputs
     if len(texts) > settings.max_batch_queries:
         raise _invalid(f"{field}: at most {settings.max_batch_queries} texts per request, got {len(texts)}")
@@ -65,7 +65,7 @@ async def _embed(
             f"({batcher.engine.encoder.manifest.encoder.max_length} tokens, GET /info): send shorter texts{hint}"
         )
     assert out.vectors is not None  # set for every job
-    return texts, out.vectors
+    return out.vectors, sum(out.tokens)
 
 
 def _unit(encoder: BundleEncoder, vectors: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ async def embed(body: EmbedRequest, request: Request, batcher: BatcherDep, setti
     if not body.normalize and encoder.manifest.encoder.normalize:
         raise _invalid(f"normalize: bundle {encoder.name!r} L2-normalises inside its graph: false is not available")
     _check_dimensions(encoder, body.dimensions)
-    _, vectors = await _embed(request, batcher, settings, body.inputs, "inputs", cut=bool(body.truncate))
+    vectors, _ = await _embed(request, batcher, settings, body.inputs, "inputs", cut=bool(body.truncate))
     return _json(_unit(encoder, vectors) if body.normalize else vectors)
 
 
@@ -105,9 +105,8 @@ async def openai_embeddings(
     if body.model != encoder.name:
         raise _invalid(f"model: this service serves {encoder.name!r} only (served_model_name of GET /info)")
     _check_dimensions(encoder, body.dimensions)
-    texts, vectors = await _embed(request, batcher, settings, body.input, "input", cut=False)
+    vectors, tokens = await _embed(request, batcher, settings, body.input, "input", cut=False)
     vectors = _unit(encoder, vectors)
-    tokens = sum(len(e.ids) for e in encoder.tokenize(texts))  # a tokenizer pass, no second ONNX run
     rows: list = list(vectors)
     if body.encoding_format == "base64":
         rows = [base64.b64encode(v.astype("<f4", copy=False)).decode() for v in rows]
