@@ -110,14 +110,11 @@ class DocStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def rows(self, flt: Filter) -> np.ndarray:
-        """Sorted row numbers of the documents ``flt`` matches (int64)."""
-        selected: set[int] | None = None
-        if flt.ids is not None:
-            sql = "SELECT row FROM docs WHERE id IN ({})"
-            found = (self._query(sql.format(",".join("?" * len(c))), c) for c in _chunks(flt.ids))
-            selected = {r for part in found for (r,) in part}
-        for key, condition in flt.fields.items():
+    def rows(self, fields: dict[str, Scalar | AnyOf], within: set[int] | None = None) -> np.ndarray:
+        """Sorted row numbers (int64) of the documents that meet every condition of a filter's ``fields``, among
+        the rows ``within`` when given (an id allow-list, resolved by the caller)."""
+        selected = within
+        for key, condition in fields.items():
             values = [_canonical(v) for v in condition.in_] if isinstance(condition, AnyOf) else [_canonical(condition)]
             sql = f"SELECT row FROM fields WHERE key = ? AND value IN ({','.join('?' * len(values))})"
             matched = {r for (r,) in self._query(sql, [key, *values])}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +104,24 @@ class LoadedIndex:
             for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
         ]
 
+    @cached_property
+    def _rows_by_id(self) -> dict[str, int]:
+        return {doc_id: row for row, doc_id in enumerate(self.ids)}
+
     def filter_rows(self, flt: Filter | None) -> np.ndarray | None:
-        """The rows ``flt`` allows (None: every row)."""
+        """The rows ``flt`` allows (None: every row): its ids through the ids held in memory, its fields
+        through the document store."""
         if flt is None or flt.empty:
             return None
-        if self.docstore is None:
-            if flt.fields:
+        allowed = None
+        if flt.ids is not None:
+            allowed = {row for doc_id in flt.ids if (row := self._rows_by_id.get(doc_id)) is not None}
+        if flt.fields:
+            if self.docstore is None:
                 raise UserError(f"{self.source} has no document store: it can filter by ids only (rebuild it)")
-            wanted = set(flt.ids or ())
-            return np.array([r for r, doc_id in enumerate(self.ids) if doc_id in wanted], dtype=np.int64)
-        return self.docstore.rows(flt)
+            return self.docstore.rows(flt.fields, allowed)
+        assert allowed is not None  # a filter that is not empty has ids or fields
+        return np.array(sorted(allowed), dtype=np.int64)
 
     def query(self, vectors: np.ndarray, texts: Sequence[str], specs: Sequence[SearchSpec]) -> list[list[Hit]]:
         """The hits of each query (``vectors[i]``, ``texts[i]``) as ``specs[i]`` asks. The unfiltered dense
