@@ -147,10 +147,12 @@ def test_hybrid_fuses_both_rankings(index: LoadedIndex, encoder: BundleEncoder) 
 
 def test_batched_queries_equal_one_at_a_time(index: LoadedIndex, encoder: BundleEncoder) -> None:
     """Mixed modes, depths and filters in one call: the shared FAISS searches change no query's answer."""
-    texts = ["immune virus vaccine", "gene cancer", "brain memory sleep", "heart blood dose", "protein signal"]
+    texts = ["immune virus vaccine", "gene cancer", "brain memory sleep", "heart blood dose", "protein signal",
+             "cell energy", "lung virus"]  # fmt: skip
     flt = Filter.model_validate({"fields": {"journal": {"in": ["Cell", "Nature"]}}})
     specs = [SearchSpec(10), SearchSpec(5, "dense", fields=("journal",)), SearchSpec(10, "hybrid", flt),
-             SearchSpec(150, "hybrid", weight=0.3), SearchSpec(7, "bm25")]  # fmt: skip
+             SearchSpec(150, "hybrid", weight=0.3), SearchSpec(7, "bm25"), SearchSpec(20),  # shares the 1st's search
+             SearchSpec(5, "dense")]  # fmt: skip
     q, _ = encoder.encode_with_flags(texts)
     together = index.query(q, texts, specs)
     alone = [index.query(q[i : i + 1], [t], [s])[0] for i, (t, s) in enumerate(zip(texts, specs, strict=True))]
