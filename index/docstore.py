@@ -112,7 +112,7 @@ class DocStore:
 
     def rows(self, fields: dict[str, Scalar | AnyOf], within: set[int] | None = None) -> np.ndarray:
         """Sorted row numbers (int64) of the documents that meet every condition of a filter's ``fields``, among
-        the rows ``within`` when given (an id allow-list, resolved by the caller)."""
+        the rows ``within`` when given (an id allow-list, resolved by the caller); it needs one or the other."""
         selected = within
         for key, condition in fields.items():
             values = [_canonical(v) for v in condition.in_] if isinstance(condition, AnyOf) else [_canonical(condition)]
@@ -121,9 +121,7 @@ class DocStore:
             selected = matched if selected is None else selected & matched
             if not selected:
                 break
-        if selected is None:
-            (count,) = self._query("SELECT COUNT(*) FROM docs", [])[0]
-            return np.arange(count, dtype=np.int64)
+        assert selected is not None, "DocStore.rows needs a field condition or the rows within"
         return np.array(sorted(selected), dtype=np.int64)
 
     def fields(self, rows: Sequence[int], names: Sequence[str]) -> dict[int, dict[str, Any]]:

@@ -97,11 +97,10 @@ class LoadedIndex:
 
     def hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` documents of each query vector, best first."""
-        scores, rows = self.search(queries, k)
         ids, titles = self.ids, self.titles
         return [
-            [Hit(id=ids[r], score=s, title=titles[r] or None) for s, r in zip(srow, rrow, strict=True) if r >= 0]
-            for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
+            [Hit(id=ids[r], score=s, title=titles[r] or None) for r, s in ranking]
+            for ranking in self._ranked(*self.search(queries, k))
         ]
 
     @cached_property

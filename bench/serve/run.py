@@ -40,17 +40,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import loadgen
+
+from scalingnote.choices import Mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the README block writer
 from readme_block import README, replace_block
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-MODES = ["dense", "bm25", "hybrid"]
+MODES = list(get_args(Mode))
 MODE_HELP = "/search mode (default dense, as the baselines; an index built with --bm25 would default to hybrid)."
 BENCH_BLOCK, TUNE_BLOCK = "serve-bench", "serve-tuning"
 SATURATED_P99_MS = 1000.0
