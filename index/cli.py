@@ -60,6 +60,14 @@ EmbedCache = Annotated[
 Bm25 = Annotated[
     bool, typer.Option("--bm25/--no-bm25", help="Also write a BM25 index: /search gets the bm25 and hybrid modes.")
 ]
+RebuildBm25 = Annotated[
+    bool | None,
+    typer.Option(
+        "--bm25/--no-bm25",
+        help="Also write a BM25 index (bm25 and hybrid modes). Default: as the current version has one or not.",
+        show_default=False,
+    ),
+]
 TuneQueries = Annotated[
     Path | None,
     typer.Option(help="--recall-target: queries (jsonl or qid<TAB>text) to tune on (default: the dataset's)."),
@@ -157,7 +165,7 @@ def rebuild_command(
     ray_actor_cpus: RayActorCpus = 1,
     recall_target: RecallTarget = None,
     tune_queries: TuneQueries = None,
-    bm25: Bm25 = False,
+    bm25: RebuildBm25 = None,
 ) -> None:
     """Batch rebuild job: a new index version, published by an atomic swap of ROOT/current (resumable)."""
     from scalingnote.index.milvus_backend import store_for

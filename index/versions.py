@@ -279,6 +279,15 @@ def _current_ids(root: Path) -> list[str] | None:
     return json.loads((current_path(root) / DOCS_FILE).read_text(encoding="utf-8"))["ids"]
 
 
+def _current_has_bm25(root: Path) -> bool:
+    """Whether the current version holds a BM25 index (so /search offers the bm25 and hybrid modes)."""
+    from scalingnote.index.lexical import BM25_DIR
+
+    if current_version(root) is None:
+        return False
+    return any(name.startswith(f"{BM25_DIR}/") for name in read_index_manifest(current_path(root)).files)
+
+
 def check_rebuild_space(root: Path, doc_encoder: str, bundle: Path | None = None) -> None:
     """Refuse (before embedding) a doc tower whose space is not the one the served bundle targets."""
     from scalingnote.specs import doc_space, resolve
@@ -301,12 +310,15 @@ def rebuild(
     force: bool = False,
     embed_cache: bool = True,
     before_adopt: Callable[[Path], object] | None = None,
+    bm25: bool | None = None,
     **build_kwargs: object,
 ) -> IndexManifest:
     """Build a new version with :func:`index.build.build_index` (torch) and make it current.
 
     Embedding runs under ``ROOT/.build.lock`` only; ``ROOT/.lock`` is held just to adopt the result.
     ``embed_cache``: reuse the vectors of unchanged documents from ``ROOT/.embeddings`` (and add the new ones).
+    ``bm25``: write a BM25 index too; None keeps what the current version has, so a routine rebuild never takes
+    the bm25 and hybrid modes away from the clients of a running service.
     ``before_adopt``: called with the built index dir before it is adopted (e.g. to write its Milvus collection).
     """
     from scalingnote.index.build import build_index
@@ -323,6 +335,7 @@ def rebuild(
             root / NEXT,
             embed_cache=root / EMBEDDINGS if embed_cache else None,
             previous_ids=_current_ids(root),
+            bm25=_current_has_bm25(root) if bm25 is None else bm25,
             **build_kwargs,  # type: ignore[arg-type]
         )
         if before_adopt is not None:

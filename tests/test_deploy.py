@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import Space
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -341,22 +343,74 @@ def test_probe_paths_are_routes_of_the_app(monkeypatch: pytest.MonkeyPatch, tmp_
     assert client.get("/no-such-probe").status_code == 404
 
 
-def test_serving_path_imports_without_torch() -> None:
-    """What serve-cpu runs (`scalingnote serve` and the service modules) imports with torch/transformers absent."""
+def serve_extra_distributions() -> set[str]:
+    """Canonical names of what ``pip install scalingnote[serve]`` installs: core + serve, transitively."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = PYPROJECT["project"]
+    todo = [(Requirement(r), {""}) for r in project["dependencies"] + project["optional-dependencies"]["serve"]]
+    seen: dict[str, set[str]] = {}
+    while todo:
+        req, parent_extras = todo.pop()
+        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in parent_extras):
+            continue
+        name, extras = canonicalize_name(req.name), set(req.extras) | {""}
+        if extras <= seen.get(name, set()):
+            continue
+        seen.setdefault(name, set()).update(extras)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:  # a platform-only dependency not installed here
+            continue
+        todo += [(Requirement(r), extras) for r in requires]
+    return set(seen)
+
+
+def test_serving_path_imports_only_the_serve_extra(tiny: Space, tmp_path: Path) -> None:
+    """Serving, run for real (dense, hybrid and BM25 search, embeddings, metrics), imports nothing outside what
+    ``scalingnote[serve]`` installs (so never torch): the serve-cpu image has exactly that extra."""
+    from scalingnote.index.build import build_index
+
+    index = tmp_path / "index"
+    build_index(tiny.corpus, str(tiny.model), index, progress=False, bm25=True)
     code = """
-import sys
+import json, sys
+from importlib.metadata import packages_distributions
+allowed, bundle, index = set(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3]
+allowed |= {"httpx", "httpx2", "httpcore", "httpcore2", "certifi"}  # the test client's, not in the image
+owners = packages_distributions()
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError("blocked " + name)
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top == "scalingnote" or top in sys.modules:  # (already imported)
+            return None
+        dists = {d.lower().replace("_", "-").replace(".", "-") for d in owners.get(top, [])}
+        if dists and not dists & allowed:  # (a module of no distribution is the interpreter's)
+            raise ModuleNotFoundError(f"{name} (from {sorted(dists)}) is not installed by scalingnote[serve]")
 sys.meta_path.insert(0, Block())
-import scalingnote.cli, scalingnote.runtime.bundle, scalingnote.index.store
-import scalingnote.service.app, scalingnote.service.engine
+from fastapi.testclient import TestClient
+from scalingnote.service.app import create_app
+from scalingnote.service.settings import Settings
+with TestClient(create_app(Settings(_env_file=None, bundle=bundle, index_root=index))) as client:
+    for mode in ("dense", "hybrid", "bm25"):
+        r = client.post("/search", json={"query": "gene expression", "k": 3, "mode": mode})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3, (mode, r.status_code, r.text)
+    model = client.get("/info").json()["served_model_name"]
+    r = client.post("/v1/embeddings", json={"input": ["gene expression"], "model": model})
+    assert r.status_code == 200, r.text
+    assert client.get("/metrics").status_code == 200
 sys.argv = ["scalingnote", "serve", "--help"]
+import scalingnote.cli
 scalingnote.cli.main()
 """
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
+    allowed = json.dumps(sorted(serve_extra_distributions()))
+    argv = [sys.executable, "-c", code, allowed, str(tiny.bundle), str(index)]
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=clean_env())
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "torch" not in serve_extra_distributions()
 
 
 # ---------------------------------------------------------------------------------------------------- (c) health checks

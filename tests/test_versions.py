@@ -101,3 +101,26 @@ def test_rebuild_swaps_current_and_a_sigkilled_rebuild_leaves_it(tiny: Space, tm
     assert LoadedIndex.load(versions.current_path(root)).manifest.count == 40
     assert not work_dir(root / versions.NEXT).exists() and not (root / versions.NEXT).exists()
     assert not list(root.glob(".*.tmp-*")), "no staging leftovers"
+
+
+def test_rebuild_keeps_the_current_versions_bm25_unless_told(tiny: Space, tmp_path: Path) -> None:
+    """A routine rebuild (no --bm25/--no-bm25) keeps the bm25 and hybrid modes that clients of the current version
+    use; an explicit choice wins, and a root without BM25 stays without."""
+    from scalingnote.index.build import build_index
+
+    build_index(tiny.corpus, str(tiny.model), tmp_path / "with-bm25", progress=False, bm25=True)
+    root = index_root(tmp_path / "root", tmp_path / "with-bm25")
+    corpus = write_corpus(tmp_path / "corpus", 30, seed=7)
+
+    def has_bm25() -> bool:
+        return LoadedIndex.load(versions.current_path(root)).lexical is not None
+
+    assert has_bm25()
+    versions.rebuild(root, corpus, str(tiny.model), progress=False)
+    assert has_bm25(), "the default keeps BM25"
+    versions.rebuild(root, corpus, str(tiny.model), bm25=False, progress=False)
+    assert not has_bm25(), "--no-bm25 drops it"
+    versions.rebuild(root, corpus, str(tiny.model), progress=False)
+    assert not has_bm25(), "the default follows a current version without BM25"
+    versions.rebuild(root, corpus, str(tiny.model), bm25=True, progress=False)
+    assert has_bm25()
