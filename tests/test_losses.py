@@ -96,6 +96,8 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         loss = InfoNCE(0.1)(q, d, torch.arange(LOCAL_Q), keys[rank], local_pos)
         loss.backward()
         torch.save({"loss": loss.detach(), "q_grad": q.grad, "d_grad": d.grad}, f"{out}/rank{rank}.pt")
+        # both ranks leave together: a rank that tears gloo down while its peer still talks aborts that peer
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

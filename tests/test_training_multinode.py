@@ -127,6 +127,7 @@ def _resume_main(rank: int, port: int, root: str) -> None:
     except UserError as err:
         message = str(err)
     Path(root, f"rank{rank}.txt").write_text(message)
+    dist.barrier()  # both ranks leave together: tearing gloo down under a peer that still talks aborts the peer
     dist.destroy_process_group()
 
 
