@@ -6,8 +6,12 @@ loopback only, bounded).
 Each row is a fresh server process: the base settings (``--base``, as ``SCALINGNOTE_*`` env vars) with one
 knob changed, or the same settings over another index (``--index-variant LABEL=DIR``: another FAISS factory
 over the same vectors). Each is measured with a closed loop at concurrency 32 (saturation throughput) and an
-open loop at ``--rate`` with Poisson arrivals (latency at the target rate). Writes tuning.json and a table in
-bench/README.md.
+open loop at ``--rate`` with Poisson arrivals (latency at the target rate), or with ``--burst N`` requests at
+once every N/rate seconds. ``--change KEY=VALUE,...`` (repeatable) replaces the default rows. Writes
+tuning.json (tuning-burst.json for a burst run) and a table in bench/README.md.
+
+    .venv/bin/python bench/serve/tune.py --bundle B --index I --base WORKERS=2 --burst 30 --rate 300 \
+        --change MAX_BATCH_SIZE=1 --change MAX_BATCH_SIZE=8 --change MAX_BATCH_SIZE=16,MAX_WAIT_US=500
 """
 
 from __future__ import annotations
@@ -42,14 +46,21 @@ def pairs(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if item)
 
 
+def arrivals(result: dict) -> str:
+    """How the open-loop point's requests arrive, for the table."""
+    burst = result.get("burst", 1)
+    return f"bursts of {burst} at once, {result['rate']:g} req/s on average" if burst > 1 else "Poisson arrivals"
+
+
 def table(result: dict, bundle_name: str) -> str:
     """The README block of one tuning run."""
     rate = f"{result['rate']:g}"
     lines = [
-        "### Serving: settings, each against the base in the same run (`bench/serve/tune.py`)",
+        "### Serving: settings, each against the base in the same run (`bench/serve/tune.py`"
+        + (f", bursts of {result['burst']})" if result.get("burst", 1) > 1 else ")"),
         "",
         f"`{result['command']}` — bundle `{bundle_name}`, {result['duration_s']:g} s per point, {result['started']}. "
-        f"Base: {label(result['base'])}; each row changes what it names. Open loop: Poisson arrivals. c=32 "
+        f"Base: {label(result['base'])}; each row changes what it names. Open loop: {arrivals(result)}. c=32 "
         "req/s counts 2xx answers only (admission refuses the rest with 429). Stolen: cores the hypervisor gave to "
         "other guests during the open-loop point; rows with more stolen time had less machine.",
         "",
@@ -74,9 +85,14 @@ def main() -> None:
     p.add_argument("--index-variant", action="append", default=[], help="LABEL=DIR: a row over another index.")
     p.add_argument("--mode", choices=run.MODES, default="dense", help=run.MODE_HELP)
     p.add_argument("--rate", type=float, default=300.0)
+    p.add_argument("--burst", type=int, default=1, help="Open loop: this many requests at once (1: Poisson).")
+    p.add_argument("--change", type=pairs, action="append", help="KEY=VALUE,...: a row (repeatable; default: a set).")
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--out", type=Path, default=run.HERE / "tuning.json")
+    p.add_argument("--out", type=Path, help="Default: tuning.json, or tuning-burst.json with --burst.")
     args = p.parse_args()
+    burst = args.burst > 1
+    out = args.out or run.HERE / ("tuning-burst.json" if burst else "tuning.json")
+    load = {"arrivals": "burst", "burst": args.burst} if burst else {"arrivals": "poisson"}
     from scalingnote.artifacts import read_bundle_manifest
     from scalingnote.paths import data_root
 
@@ -88,7 +104,7 @@ def main() -> None:
     serve = [str(Path(sys.executable).with_name("scalingnote")), "serve", "--port", "{port}"]
     rows = []
     t0 = time.monotonic()
-    variants = [(change, args.index) for change in CHANGES]
+    variants = [(change, args.index) for change in ([{}, *args.change] if args.change else CHANGES)]
     variants += [({"index": name}, Path(path)) for name, path in (v.split("=", 1) for v in args.index_variant)]
     for change, index in variants:
         settings = args.base | {k: v for k, v in change.items() if k != "index"}
@@ -100,18 +116,19 @@ def main() -> None:
         try:
             loadgen.run(binary, running.port, bodies, concurrency=8, duration=2)
             closed = run.measure(running, binary, concurrency=32, duration=args.duration)
-            fixed = run.measure(running, binary, rate=args.rate, duration=args.duration, arrivals="poisson")
+            fixed = run.measure(running, binary, rate=args.rate, duration=args.duration, **load)
         finally:
             run.stop(running)
         rows.append({"change": change, "settings": settings, "index": str(index), "closed_c32": closed,
                      f"open_{args.rate:g}": fixed})  # fmt: skip
     result = {"command": "python bench/serve/tune.py " + " ".join(sys.argv[1:]),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rate": args.rate, "duration_s": args.duration,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rate": args.rate, "burst": args.burst,
+              "duration_s": args.duration,
               "bundle": str(args.bundle), "base": args.base, "wall_s": round(time.monotonic() - t0, 1),
               "configs": rows}  # fmt: skip
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     section = table(result, read_bundle_manifest(args.bundle).name)
-    run.update_readme(section, run.TUNE_BLOCK)
+    run.update_readme(section, run.TUNE_BURST_BLOCK if burst else run.TUNE_BLOCK)
     print(section)
 
 
