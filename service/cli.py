@@ -75,7 +75,20 @@ def serve_command(**options: Any) -> None:
         return
     del engine  # checked; each worker process loads its own
     os.environ.update({envvar(name): str(value) for name, value in given.items()})
-    uvicorn.run(f"{create_app.__module__}:create_app", factory=True, workers=settings.workers, **run)
+    factory = f"{create_app.__module__}:create_app"
+    if not settings.reuse_port:
+        uvicorn.run(factory, factory=True, workers=settings.workers, **run)
+        return
+    from scalingnote.service.workers import ReusePortWorkers
+
+    supervisor = ReusePortWorkers(uvicorn.Config(factory, factory=True, workers=settings.workers, **run))
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d, %d workers, a SO_REUSEPORT socket each",
+        settings.host,
+        supervisor.config.port,
+        settings.workers,
+    )
+    supervisor.run()
 
 
 serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -72,6 +74,14 @@ class Metrics:
             "scalingnote_index_info", "The index version being served (value 1).", ["version"], registry=r
         )
         self.index_docs = Gauge("scalingnote_index_docs", "Documents in the served index.", registry=r)
+        self.process = Gauge(
+            "scalingnote_process_info",
+            "The server process that answered this scrape (value 1): with several workers each scrape is one "
+            "worker's, and the pid tells them apart.",
+            ["pid"],
+            registry=r,
+        )
+        self.process.labels(pid=str(os.getpid())).set(1)
         self.reloads = Counter(
             "scalingnote_index_reloads", "Index reload attempts by result (ok, rejected).", ["result"], registry=r
         )

@@ -35,7 +35,12 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="Server processes sharing the port, each with its own engine, batcher and metrics "
-        "(RAM x workers; /metrics shows the process that answers the scrape).",
+        "(RAM x workers; /metrics shows the process that answers the scrape, its pid in scalingnote_process_info).",
+    )
+    reuse_port: bool = Field(
+        True,
+        description="With several workers, give each its own SO_REUSEPORT socket so the kernel spreads "
+        "connections over them (false: uvicorn's one shared socket, which the first worker to wake drains).",
     )
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")

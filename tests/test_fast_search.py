@@ -5,6 +5,7 @@ histograms are in /metrics."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 
@@ -108,6 +109,7 @@ def test_every_stage_is_a_histogram_in_metrics(clients: tuple[TestClient, TestCl
         assert _stage_count(fast, stage) >= 1, stage
     text = fast.get("/metrics").text
     assert 'scalingnote_stage_seconds_bucket{le="0.0001",stage="encode"}' in text
+    assert f'scalingnote_process_info{{pid="{os.getpid()}"}} 1.0' in text  # which worker answered the scrape
 
 
 def test_the_batch_route_is_unchanged(clients: tuple[TestClient, TestClient]) -> None:

@@ -385,5 +385,10 @@ def test_budget_refusals_need_a_sustained_overload() -> None:
     assert state.update(True, 0.2), "over budget for the whole interval: shed"
     assert state.update(False, 0.25) and state.update(True, 0.26), "a dip under budget does not stop shedding"
     assert state.update(False, 0.3) and not state.update(False, 0.4), "under budget for the interval: stop"
-    now = SustainedOverload(interval=0.0)
+    # bursts after an overload: each finds the server idle, so shedding ends, and none lasts the interval
+    assert not state.update(True, 0.5) and state.update(True, 0.61), "shedding again"
+    for start in (0.7, 0.8, 0.9):
+        assert not state.update(False, start, drained=True), "an idle server stops shedding"
+        assert not state.update(True, start + 0.02), "a burst's over-budget tail is admitted"
+        now = SustainedOverload(interval=0.0)
     assert now.update(True, 0.0) and not now.update(False, 0.0), "interval 0: at once, both ways"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import httpx
+import pytest
 
 from scalingnote.artifacts import read_index_manifest
 from scalingnote.index import versions
@@ -218,8 +221,13 @@ def test_workers_are_processes_sharing_the_port(tiny: Space, serve) -> None:
     with serve(tiny.bundle, tiny.index, workers=2) as server:
         workers = _spawned_children(server.proc.pid)
         assert len(workers) == 2, workers
-        for i in range(40):  # a new connection each: the kernel hands them to either worker
+        answered = set()
+        for i in range(40):  # a new connection each: the kernel spreads them over the workers' own sockets
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 r = client.post("/search", json={"query": f"gene {i}", "k": 3})
+                answered |= set(re.findall(r'scalingnote_process_info\{pid="(\d+)"\}', client.get("/metrics").text))
             assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+        assert answered == {str(pid) for pid in workers}, "every worker takes connections"
+        with pytest.raises(OSError), socket.create_server(("127.0.0.1", server.port)):
+            pass  # the port is held, so a second server cannot start on it
     _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))

@@ -18,9 +18,9 @@ Per system: a closed loop at each ``--concurrency`` and an open loop (``--arriva
 latency from each request's due time) at each ``--rates``; the open loop stops at the first rate where the
 system saturates. For the service and its tiers it also finds the highest rate holding p99 <= ``--slo-ms``,
 holds ``--hold-rate`` (a tier: its own) for ``--hold-duration`` and reads the per-stage histograms of
-/metrics around every run (one worker's, when ``SCALINGNOTE_WORKERS`` > 1); for the service it runs the burst
-case (``--burst-size`` requests at once, at an average of ``--burst-rate``). Writes results.json,
-latency_vs_throughput.png and a table in bench/README.md.
+/metrics around every run (every worker's, told apart by ``scalingnote_process_info``, and summed); for the
+service it runs the burst case (``--burst-size`` requests at once, at an average of ``--burst-rate``). Writes
+results.json, latency_vs_throughput.png and a table in bench/README.md.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def measure(running: Running, binary: Path, **load: Any) -> dict:
     """One bounded load run, plus the server's and the load generator's CPU use (cores), the machine's busy
     and stolen cores (steal: time the hypervisor gave to other guests) and the load average."""
     machine_before = cpu_times()
-    scrape_before = scrape(running.port) if running.system.stages else ""
+    scrape_before = scrape_workers(running) if running.system.stages else {}
     before_srv = cpu_seconds(running.proc.pid)
     before_gen = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -156,7 +156,9 @@ def measure(running: Running, binary: Path, **load: Any) -> dict:
     stats["machine_busy_cores"] = round((sum(delta) - delta[3] - delta[4] - delta[7]) * cores, 2)
     stats["machine_steal_cores"] = round(delta[7] * cores, 2)
     if running.system.stages:
-        stats["stages"] = stage_delta(scrape_before, scrape(running.port))
+        after = scrape_workers(running)
+        stats["stages"] = stage_delta(scrape_before, after)
+        stats["stage_workers"] = len(scrape_before.keys() & after.keys())
     p = stats["latency_ms"]
     print(
         f"  {running.system.name:14} {stats['mode']:6} {load.get('rate') or load.get('concurrency'):>6}: "
@@ -170,6 +172,23 @@ def measure(running: Running, binary: Path, **load: Any) -> dict:
 
 def scrape(port: int) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def scrape_workers(running: Running, tries: int = 64) -> dict[str, str]:
+    """One /metrics scrape per server process, by pid: each new connection reaches whichever worker accepts
+    it, so scrape until every worker (``SCALINGNOTE_WORKERS``) has answered, or ``tries`` run out."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    workers = int(running.system.env.get("SCALINGNOTE_WORKERS", "1"))
+    out: dict[str, str] = {}
+    for _ in range(tries):
+        text = scrape(running.port)
+        for family in text_string_to_metric_families(text):
+            if family.name == "scalingnote_process_info":
+                out.update({sample.labels["pid"]: text for sample in family.samples})
+        if len(out) >= workers:
+            break
+    return out
 
 
 def _stage_histograms(text: str) -> dict[str, dict]:
@@ -203,9 +222,24 @@ def _quantile(q: float, bounds: list[float], cumulative: list[float]) -> float:
     return lower
 
 
-def stage_delta(before: str, after: str) -> dict[str, dict]:
-    """Per stage, what one run added: observations, mean and p50/p99 (from the histogram buckets), in ms."""
-    old, new = _stage_histograms(before), _stage_histograms(after)
+def _summed_histograms(scrapes: dict[str, str], pids: set[str]) -> dict[str, dict]:
+    """The stage histograms of the processes ``pids``, added up."""
+    total: dict[str, dict] = {}
+    for pid in pids:
+        for stage, hist in _stage_histograms(scrapes[pid]).items():
+            acc = total.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            acc["sum"] += hist["sum"]
+            acc["count"] += hist["count"]
+            for bound, count in hist["buckets"].items():
+                acc["buckets"][bound] = acc["buckets"].get(bound, 0.0) + count
+    return total
+
+
+def stage_delta(before: dict[str, str], after: dict[str, str]) -> dict[str, dict]:
+    """Per stage, what one run added over the workers scraped both before and after it (by pid): observations,
+    mean and p50/p99 (from the histogram buckets), in ms."""
+    pids = before.keys() & after.keys()
+    old, new = _summed_histograms(before, pids), _summed_histograms(after, pids)
     out = {}
     for stage, hist in new.items():
         prev = old.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
@@ -467,7 +501,7 @@ def stage_table(systems: dict) -> list[str]:
     lines = [
         "",
         "**Where the time goes** (server-side per-stage histograms from `/metrics`, mean / p99 in ms; parse, queue "
-        "and serialize per request, tokenize, encode and search per batch; one worker's when several run):",
+        "and serialize per request, tokenize, encode and search per batch; summed over the server's workers):",
         "",
         "| system | run | " + " | ".join(stages) + " | mean batch |",
         "|---|---|" + "---|" * len(stages) + "---|",
