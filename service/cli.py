@@ -81,7 +81,10 @@ def serve_command(**options: Any) -> None:
         return
     from scalingnote.service.workers import ReusePortWorkers
 
-    supervisor = ReusePortWorkers(uvicorn.Config(factory, factory=True, workers=settings.workers, **run))
+    try:
+        supervisor = ReusePortWorkers(uvicorn.Config(factory, factory=True, workers=settings.workers, **run))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d, %d workers, a SO_REUSEPORT socket each",
         settings.host,
