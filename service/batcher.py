@@ -57,14 +57,14 @@ class SustainedOverload:
     shedding: bool = False
     _since: float | None = None  # start of the current run of observations that contradict ``shedding``
 
-    def update(self, over: bool, now: float, drained: bool = False) -> bool:
-        """Fold in one observation (``over``: the expected wait is over budget; ``drained``: the server went
+    def update(self, over: bool, now: float, idle: bool = False) -> bool:
+        """Fold in one observation (``over``: the expected wait is over budget; ``idle``: the server went
         idle, nothing queued or running); returns whether to shed. Going idle stops shedding at once: what
         came was a burst, not a standing queue. Without it, bursts that come more often than ``interval``
         would never show ``interval`` of under-budget arrivals, and shedding would outlast the overload that
         started it. Under overload the server never goes idle (an empty queue alone is no sign: each batch
         takes the whole queue)."""
-        if drained:
+        if idle:
             self.shedding, self._since = False, None
         elif over == self.shedding:
             self._since = None
@@ -208,7 +208,7 @@ class Batcher:
         # a queue of at most one batch is no overload: the next batch takes it all
         over = self.queue_budget is not None and self._depth > self.max_batch_size and wait > self.queue_budget
         idle = self._depth == 0 and not self._running  # nothing queued and no batch running: the server went idle
-        shedding = self._overload.update(over, time.monotonic(), drained=idle)
+        shedding = self._overload.update(over, time.monotonic(), idle=idle)
         if self._depth + queries > self.max_queue:
             refused = Overloaded(retry_after=1)
         elif over and shedding:

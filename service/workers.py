@@ -14,10 +14,13 @@ from uvicorn import Config
 from uvicorn.supervisors import Multiprocess
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A bound, inheritable TCP socket that other sockets of this user may bind to the same address too."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -35,8 +38,9 @@ class ReusePortWorkers(Multiprocess):
 
     def __init__(self, config: Config) -> None:
         self._handed: list[socket.socket] = []
-        with socket.create_server((config.host, config.port)) as probe:  # no SO_REUSEPORT: fails if it is taken,
-            config.port = probe.getsockname()[1]  # also by another server's SO_REUSEPORT sockets
+        # a probe without SO_REUSEPORT fails if the port is taken, also by another server's SO_REUSEPORT sockets
+        with socket.create_server((config.host, config.port), family=_family(config.host)) as probe:
+            config.port = probe.getsockname()[1]
         self.anchor = reuse_port_socket(config.host, config.port)
         super().__init__(config, sockets=[])
 

@@ -388,7 +388,7 @@ def test_budget_refusals_need_a_sustained_overload() -> None:
     # bursts after an overload: each finds the server idle, so shedding ends, and none lasts the interval
     assert not state.update(True, 0.5) and state.update(True, 0.61), "shedding again"
     for start in (0.7, 0.8, 0.9):
-        assert not state.update(False, start, drained=True), "an idle server stops shedding"
+        assert not state.update(False, start, idle=True), "an idle server stops shedding"
         assert not state.update(True, start + 0.02), "a burst's over-budget tail is admitted"
         now = SustainedOverload(interval=0.0)
     assert now.update(True, 0.0) and not now.update(False, 0.0), "interval 0: at once, both ways"

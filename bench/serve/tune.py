@@ -52,12 +52,18 @@ def arrivals(result: dict) -> str:
     return f"bursts of {burst} at once, {result['rate']:g} req/s on average" if burst > 1 else "Poisson arrivals"
 
 
+def heading(result: dict) -> str:
+    burst = result.get("burst", 1)
+    return "### Serving: settings, each against the base in the same run (`bench/serve/tune.py`" + (
+        f", bursts of {burst})" if burst > 1 else ")"
+    )
+
+
 def table(result: dict, bundle_name: str) -> str:
     """The README block of one tuning run."""
     rate = f"{result['rate']:g}"
     lines = [
-        "### Serving: settings, each against the base in the same run (`bench/serve/tune.py`"
-        + (f", bursts of {result['burst']})" if result.get("burst", 1) > 1 else ")"),
+        heading(result),
         "",
         f"`{result['command']}` — bundle `{bundle_name}`, {result['duration_s']:g} s per point, {result['started']}. "
         f"Base: {label(result['base'])}; each row changes what it names. Open loop: {arrivals(result)}. c=32 "
