@@ -19,9 +19,10 @@ from tokenizers import Encoding
 from scalingnote.artifacts import BundleManifest, read_bundle_manifest
 from scalingnote.errors import ArtifactError, UserError
 from scalingnote.runtime.device import cuda_available
-from scalingnote.runtime.tokenization import length_sorted_batches, load_tokenizer, pad_encodings
+from scalingnote.runtime.tokenization import length_groups, length_sorted_batches, load_tokenizer, pad_encodings
 
 INPUT_NAMES = ("input_ids", "attention_mask")
+CALL_COST_TOKENS = 8  # an ONNX Runtime call's fixed cost on a CPU, in tokens of a transformer's work
 OUTPUT_NAME = "sentence_embedding"
 
 
@@ -79,6 +80,7 @@ class BundleEncoder:
         threads: int | None = None,
         verify: bool = True,
         spin: bool = True,
+        length_groups: bool = True,
     ):
         self.path = Path(path)
         self.manifest = read_bundle_manifest(self.path, verify=verify)
@@ -87,6 +89,10 @@ class BundleEncoder:
         self.tokenizer, self.pad_id = load_tokenizer(self.path, enc.max_length, append_eos=False)
         self.session = make_session(self.path / self.manifest.variants[self.variant], threads, spin)
         self.provider = self.session.get_providers()[0]
+        # where padding costs compute: a transformer on the CPU (a GPU pays more per call than per padded token)
+        self.length_groups = (
+            length_groups and self.manifest.architecture == "transformer" and self.provider == "CPUExecutionProvider"
+        )
 
     @property
     def name(self) -> str:
@@ -105,7 +111,18 @@ class BundleEncoder:
         return self.tokenizer.encode_batch([prefix + t for t in texts])
 
     def run(self, encodings: Sequence[Encoding]) -> np.ndarray:
-        """One ONNX call over ``encodings`` (padded to the longest): float32 [N, dim]."""
+        """Embed ``encodings``: float32 [N, dim]. With ``length_groups``, one ONNX call per group of similar
+        token length (:func:`length_groups`: a batch padded to its longest query costs that length per row),
+        else one call padded to the longest."""
+        if not self.length_groups or len(encodings) < 2:
+            return self._call(encodings)
+        out = np.empty((len(encodings), self.dim), dtype=np.float32)
+        for rows in length_groups([len(e.ids) for e in encodings], CALL_COST_TOKENS):
+            out[rows] = self._call([encodings[i] for i in rows])
+        return out
+
+    def _call(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """One ONNX call over ``encodings``, padded to the longest."""
         ids, mask = pad_encodings(encodings, self.pad_id)
         (vectors,) = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
         return np.asarray(vectors, dtype=np.float32)

@@ -64,6 +64,26 @@ def length_sorted_batches(encodings: Sequence[Encoding], batch_size: int) -> Ite
         yield order[start : start + batch_size]
 
 
+def length_groups(lengths: Sequence[int], call_cost: int) -> list[np.ndarray]:
+    """Row numbers of ``lengths`` split into groups, each to be padded to its own longest, that minimise the
+    padded tokens plus ``call_cost`` tokens per group (an encoder call's fixed cost in tokens of work).
+
+    Exact over the length-sorted rows (a group is always a run of them): O(n^2) for n rows, small next to one
+    call. ``call_cost=0`` would give one group per distinct length; a large one gives a single group."""
+    order = np.argsort(lengths, kind="stable")
+    ordered = [lengths[i] for i in order]
+    best = [0] + [0] * len(ordered)  # best[j]: least cost of the first j sorted rows
+    start = [0] * (len(ordered) + 1)  # start[j]: where the last group of that split starts
+    for j in range(1, len(ordered) + 1):
+        longest = ordered[j - 1]
+        best[j], start[j] = min((best[i] + call_cost + (j - i) * longest, i) for i in range(j))
+    groups, j = [], len(ordered)
+    while j > 0:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    return groups[::-1]
+
+
 def copy_sidecars(src: Path | None, dst: Path) -> None:
     """Copy the tokenizer's special-token files that sit next to ``tokenizer.json`` (when ``src`` has them)."""
     if src is None or Path(src).resolve() == Path(dst).resolve():

@@ -231,7 +231,12 @@ def bundle_encoder(settings: Settings) -> BundleEncoder:
     """The ONNX query encoder of ``settings.bundle`` (checked not None by the caller)."""
     assert settings.bundle is not None
     return BundleEncoder(
-        settings.bundle, settings.variant, settings.ort_threads, settings.verify_checksums, settings.ort_spin
+        settings.bundle,
+        settings.variant,
+        settings.ort_threads,
+        settings.verify_checksums,
+        settings.ort_spin,
+        settings.length_groups,
     )
 
 

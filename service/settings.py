@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     ort_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = one per core).")
     ort_spin: bool = Field(False, description="Let idle ONNX Runtime threads busy-wait (only with ort_threads > 1).")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads.")
+    length_groups: bool = Field(
+        True,
+        description="Encode a batch in groups of similar token length, each padded to its own longest (CPU, "
+        "transformer bundles); false: one ONNX call padded to the batch's longest query.",
+    )
     gil_switch_ms: float = Field(
         5.0,
         gt=0,
@@ -68,7 +73,7 @@ class Settings(BaseSettings):
         description="Answer valid POST /search bodies in a plain-ASGI path (same model, batcher and response); "
         "false sends every request through the FastAPI route.",
     )
-    max_batch_size: int = Field(4, ge=1, description="Most queries merged into one ONNX + FAISS call (1 = off).")
+    max_batch_size: int = Field(32, ge=1, description="Most queries merged into one ONNX + FAISS call (1 = off).")
     max_wait_us: int = Field(0, ge=0, description="Longest a batch waits to fill once its first query is there.")
     max_queue: int = Field(256, ge=1, description="Queued queries above which requests get 429 + Retry-After.")
     queue_budget_ms: float = Field(
