@@ -102,7 +102,7 @@ class Info(BaseModel):
     model_dtype: str
     model_type: ModelType
     max_input_length: int = Field(description="Tokens per text (longer: cut with truncate=true, else 422).")
-    max_batch_requests: int = Field(description="Texts per ONNX call (SCALINGNOTE_MAX_BATCH_SIZE).")
+    max_batch_requests: int = Field(description="Texts per batch (SCALINGNOTE_MAX_BATCH_SIZE).")
     max_client_batch_size: int = Field(description="Texts per request (SCALINGNOTE_MAX_BATCH_QUERIES).")
     auto_truncate: bool = Field(description="Whether truncate defaults to true.")
     version: str

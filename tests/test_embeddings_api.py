@@ -179,7 +179,7 @@ def test_info_describes_the_served_model(client: TestClient, tiny: Space) -> Non
         "model_dtype": "float32",
         "model_type": {"embedding": {"pooling": "mean"}},
         "max_input_length": 64,
-        "max_batch_requests": 4,
+        "max_batch_requests": _settings(tiny).max_batch_size,
         "max_client_batch_size": 4,
         "auto_truncate": False,
         "version": r.json()["version"],
