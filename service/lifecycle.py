@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -22,8 +21,7 @@ log = logging.getLogger("scalingnote.service")
 
 
 async def start(state: ServiceState, engine: Engine | None) -> None:
-    """Load (unless given), warm up every batch size on the inference thread, freeze the start-up objects out of
-    the garbage collector, start the batcher; then ready."""
+    """Load (unless given), warm up every batch size on the inference thread, start the batcher; then ready."""
     settings = state.settings
     sys.setswitchinterval(settings.gil_switch_ms / 1000)
     # a batch's tokenizing on rayon's pool hands off to threads that contend with the other workers (unless set)
@@ -35,8 +33,6 @@ async def start(state: ServiceState, engine: Engine | None) -> None:
     state.metrics.set_index(engine.current.version, engine.current.docs)
     batcher = Batcher.from_settings(engine, state.metrics, settings)
     await _warm_up(batcher, engine, settings.max_batch_size)
-    gc.collect()
-    gc.freeze()  # what start-up made lives as long as the process: keep it out of every later collection
     batcher.start()
     state.batcher = batcher
     state.ready = True
