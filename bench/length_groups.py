@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200, help="Random batches per size.")
     ap.add_argument("--readme", action="store_true", help="Write the table into bench/README.md.")
     args = ap.parse_args()
+    from scalingnote.beir import load_queries
     from scalingnote.paths import data_root
     from scalingnote.runtime.bundle import CALL_COST_TOKENS, BundleEncoder
     from scalingnote.runtime.tokenization import length_groups
@@ -41,8 +42,7 @@ def main() -> None:
     enc = BundleEncoder(args.bundle, args.variant, threads=1, spin=False)
     if not enc.length_groups:
         raise SystemExit(f"error: {args.bundle} does not encode in length groups here ({enc.manifest.architecture})")
-    lines = (data_root() / MSMARCO_QUERIES).read_text(encoding="utf-8").splitlines()
-    queries = [line.split("\t", 1)[1] for line in lines if "\t" in line]
+    queries = list(load_queries(data_root() / MSMARCO_QUERIES).values())
     rng = random.Random(0)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
