@@ -29,6 +29,13 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
     return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex) else index
 
 
+def set_blas_queries(queries: int, dim: int) -> None:
+    """Search flat indexes through BLAS (one matrix product per block) from batches of ``queries`` queries of
+    ``dim`` dimensions, vector by vector below. The switch is process-wide; FAISS's own default (128,000
+    floats, 333 queries of 384-d) leaves every batch a server forms on the slower path."""
+    faiss.cvar.distance_compute_blas_threshold = queries * dim
+
+
 def sample_rows(n: int, size: int) -> np.ndarray | slice:
     """A seeded, sorted sample of ``size`` of ``n`` row numbers (every row when ``n <= size``)."""
     return np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if n > size else slice(None)

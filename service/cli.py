@@ -82,14 +82,17 @@ def serve_command(**options: Any) -> None:
     from scalingnote.service.workers import ReusePortWorkers
 
     try:
-        supervisor = ReusePortWorkers(uvicorn.Config(factory, factory=True, workers=settings.workers, **run))
+        config = uvicorn.Config(factory, factory=True, workers=settings.workers, **run)
+        supervisor = ReusePortWorkers(config, pin=settings.pin_workers and hasattr(os, "sched_setaffinity"))
     except OSError as exc:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    slots = supervisor.slots or []
     logging.getLogger("uvicorn.error").info(
-        "Uvicorn running on http://%s:%d, %d workers, a SO_REUSEPORT socket each",
+        "Uvicorn running on http://%s:%d, %d workers, a SO_REUSEPORT socket each%s",
         settings.host,
         supervisor.config.port,
         settings.workers,
+        "".join(f", worker {i} on CPUs {','.join(map(str, sorted(slot)))}" for i, slot in enumerate(slots)),
     )
     supervisor.run()
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from fastapi import HTTPException, status
 
 from scalingnote.errors import UserError
+from scalingnote.index.faiss_backend import set_blas_queries
 from scalingnote.service.batcher import Batcher
 from scalingnote.service.deps import ServiceState
 from scalingnote.service.engine import Engine, Generation
@@ -29,6 +30,7 @@ async def start(state: ServiceState, engine: Engine | None) -> None:
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_settings, settings)
     state.engine = engine
+    set_blas_queries(settings.faiss_blas_queries, engine.encoder.dim)
     state.metrics.set_build(engine.encoder.manifest.name, engine.encoder.variant)
     state.metrics.set_index(engine.current.version, engine.current.docs)
     batcher = Batcher.from_settings(engine, state.metrics, settings)

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         description="With several workers, give each its own SO_REUSEPORT socket so the kernel spreads "
         "connections over them (false: uvicorn's one shared socket, which the first worker to wake drains).",
     )
+    pin_workers: bool = Field(
+        True,
+        description="With several workers and reuse_port (on Linux), run each worker on its own share of the "
+        "CPUs the server may use, so the scheduler neither moves its threads between cores nor stacks workers.",
+    )
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_key: SecretStr | None = Field(
@@ -57,6 +62,12 @@ class Settings(BaseSettings):
     ort_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = one per core).")
     ort_spin: bool = Field(False, description="Let idle ONNX Runtime threads busy-wait (only with ort_threads > 1).")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads.")
+    faiss_blas_queries: int = Field(
+        8,
+        ge=1,
+        description="Batches of at least this many queries search a flat index by one BLAS matrix product, "
+        "smaller ones vector by vector.",
+    )
     length_groups: bool = Field(
         True,
         description="Encode a batch in groups of similar token length, each padded to its own longest (CPU, "

@@ -226,6 +226,21 @@ def test_faiss_threads_are_set_on_the_inference_thread(tiny: Space, engine: Engi
         assert c.portal.call(batcher.call, faiss.omp_get_max_threads) == threads  # type: ignore[union-attr]
 
 
+def test_batches_from_faiss_blas_queries_search_by_blas_with_the_same_hits(tiny: Space, engine: Engine) -> None:
+    queries = [f"gene {i} protein" for i in range(8)]
+    alone = [engine.run_batch([q], 5).hits[0] for q in queries]
+    default = faiss.cvar.distance_compute_blas_threshold
+    try:
+        with TestClient(create_app(_settings(tiny, faiss_blas_queries=4), engine)):
+            assert faiss.cvar.distance_compute_blas_threshold == 4 * engine.encoder.dim
+            batched = engine.run_batch(queries, 5).hits  # 8 >= 4 queries: one BLAS product
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = default
+    assert [[h.id for h in hits] for hits in batched] == [[h.id for h in hits] for hits in alone]
+    for got, want in zip(batched, alone, strict=True):
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- batches
 
 

@@ -217,10 +217,19 @@ def _spawned_children(pid: int) -> list[int]:
     return found
 
 
+def _thread_affinities(pid: int) -> list[frozenset[int]]:
+    """The CPU set of every thread of process ``pid``."""
+    return [frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 def test_workers_are_processes_sharing_the_port(tiny: Space, serve) -> None:
     with serve(tiny.bundle, tiny.index, workers=2) as server:
         workers = _spawned_children(server.proc.pid)
         assert len(workers) == 2, workers
+        if len(os.sched_getaffinity(0)) >= 2:  # each worker and all its threads on a CPU share of its own
+            shares = [set(_thread_affinities(pid)) for pid in workers]
+            assert all(len(share) == 1 for share in shares), shares
+            assert not next(iter(shares[0])) & next(iter(shares[1])), shares
         answered = set()
         for i in range(40):  # a new connection each: the kernel spreads them over the workers' own sockets
             with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -231,3 +240,11 @@ def test_workers_are_processes_sharing_the_port(tiny: Space, serve) -> None:
         with pytest.raises(OSError), socket.create_server(("127.0.0.1", server.port)):
             pass  # the port is held, so a second server cannot start on it
     _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
+def test_unpinned_workers_keep_every_cpu(tiny: Space, serve) -> None:
+    with serve(tiny.bundle, tiny.index, workers=2, pin_workers=False) as server:
+        workers = _spawned_children(server.proc.pid)
+        assert len(workers) == 2, workers
+        everything = frozenset(os.sched_getaffinity(server.proc.pid))
+        assert all(set(_thread_affinities(pid)) == {everything} for pid in workers)
