@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MODES = list(get_args(Mode))
 MODE_HELP = "/search mode (default dense, as the baselines; an index built with --bm25 would default to hybrid)."
-BENCH_BLOCK, TUNE_BLOCK, TUNE_BURST_BLOCK = "serve-bench", "serve-tuning", "serve-tuning-burst"
+BENCH_BLOCK = "serve-bench"
 SATURATED_P99_MS = 1000.0
 
 

@@ -7,8 +7,11 @@ Each row is a fresh server process: the base settings (``--base``, as ``SCALINGN
 knob changed, or the same settings over another index (``--index-variant LABEL=DIR``: another FAISS factory
 over the same vectors). Each is measured with a closed loop at concurrency 32 (saturation throughput) and an
 open loop at ``--rate`` with Poisson arrivals (latency at the target rate), or with ``--burst N`` requests at
-once every N/rate seconds. ``--change KEY=VALUE,...`` (repeatable) replaces the default rows. Writes
-tuning.json (tuning-burst.json for a burst run) and a table in bench/README.md.
+once every N/rate seconds. ``--change KEY=VALUE,...`` (repeatable) replaces the default rows. With
+``--repeat R`` every row's server is started first and the rows are measured in turn, R rounds (every other
+round in reverse order), so that the machine's drift falls on all rows alike; the table gives each row's
+medians. Writes tuning.json (tuning-burst.json for a burst run, or ``--out``) and a table in bench/README.md,
+in the block named after that file (``serve-tuning``, ``serve-tuning-burst``, ``serve-`` + the ``--out`` stem).
 
     .venv/bin/python bench/serve/tune.py --bundle B --index I --base WORKERS=2 --burst 30 --rate 300 \
         --change MAX_BATCH_SIZE=1 --change MAX_BATCH_SIZE=8 --change MAX_BATCH_SIZE=16,MAX_WAIT_US=500
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,25 +66,50 @@ def heading(result: dict) -> str:
 def table(result: dict, bundle_name: str) -> str:
     """The README block of one tuning run."""
     rate = f"{result['rate']:g}"
+    rounds = result.get("repeat", 1)
+    per_point = f"{result['duration_s']:g} s per point"
+    if rounds > 1:
+        per_point += f", {rounds} interleaved rounds (medians; p99 of each round in the last column)"
     lines = [
         heading(result),
         "",
-        f"`{result['command']}` — bundle `{bundle_name}`, {result['duration_s']:g} s per point, {result['started']}. "
+        f"`{result['command']}` — bundle `{bundle_name}`, {per_point}, {result['started']}. "
         f"Base: {label(result['base'])}; each row changes what it names. Open loop: {arrivals(result)}. c=32 "
         "req/s counts 2xx answers only (admission refuses the rest with 429). Stolen: cores the hypervisor gave to "
         "other guests during the open-loop point; rows with more stolen time had less machine.",
         "",
-        f"| settings | c=32 req/s | {rate}/s: req/s | p50 ms | p99 ms | failed | server CPU | stolen (cores) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| settings | c=32 req/s | {rate}/s: req/s | p50 ms | p99 ms | failed | server CPU | stolen (cores) |"
+        + (" p99 per round |" if rounds > 1 else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if rounds > 1 else ""),
     ]
     for row in result["configs"]:
         c, o = row["closed_c32"], row[f"open_{rate}"]
-        lines.append(
+        line = (
             f"| {label(row['change'])} | {c['throughput_rps']:.0f} | {o['throughput_rps']:.0f} | "
             f"{o['latency_ms'].get('p50', 0):.2f} | {o['latency_ms'].get('p99', 0):.2f} | {o['failed']} | "
             f"{o['server_cpu_cores']} | {o.get('machine_steal_cores', '–')} |"
         )
+        if rounds > 1:
+            line += " " + ", ".join(f"{r['latency_ms'].get('p99', 0):.1f}" for r in row["rounds"]) + " |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def median_point(runs: list[dict]) -> dict:
+    """One point out of several rounds: the median of each figure the table shows, failures summed."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    out = dict(runs[0])
+    out["throughput_rps"] = med([r["throughput_rps"] for r in runs])
+    out["latency_ms"] = {q: med([r["latency_ms"].get(q, 0.0) for r in runs]) for q in runs[0]["latency_ms"]}
+    out["failed"] = sum(r["failed"] for r in runs)
+    for key in ("server_cpu_cores", "machine_steal_cores"):
+        out[key] = med([r.get(key, 0.0) for r in runs])
+    return out
 
 
 def main() -> None:
@@ -94,6 +123,7 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=1, help="Open loop: this many requests at once (1: Poisson).")
     p.add_argument("--change", type=pairs, action="append", help="KEY=VALUE,...: a row (repeatable; default: a set).")
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--repeat", type=int, default=1, help="Rounds, all servers up and measured in turn (medians).")
     p.add_argument("--out", type=Path, help="Default: tuning.json, or tuning-burst.json with --burst.")
     args = p.parse_args()
     burst = args.burst > 1
@@ -112,29 +142,61 @@ def main() -> None:
     t0 = time.monotonic()
     variants = [(change, args.index) for change in ([{}, *args.change] if args.change else CHANGES)]
     variants += [({"index": name}, Path(path)) for name, path in (v.split("=", 1) for v in args.index_variant)]
+    systems = []
     for change, index in variants:
         settings = args.base | {k: v for k, v in change.items() if k != "index"}
         env = {f"SCALINGNOTE_{k}": v for k, v in settings.items()}
         env |= {"SCALINGNOTE_BUNDLE": str(args.bundle.resolve()), "SCALINGNOTE_INDEX_ROOT": str(index.resolve())}
-        system = run.System(label(change), label(change), serve, "/search", bodies, env=env)
-        print(system.label, flush=True)
-        running = run.start(system, work)
+        systems.append(
+            (change, settings, index, run.System(label(change), label(change), serve, "/search", bodies, env=env))
+        )
+
+    def point(running: run.Running) -> tuple[dict, dict]:
+        closed = run.measure(running, binary, concurrency=32, duration=args.duration)
+        return closed, run.measure(running, binary, rate=args.rate, duration=args.duration, **load)
+
+    measured: list[list[tuple[dict, dict]]] = [[] for _ in systems]
+    if args.repeat <= 1:  # one server at a time
+        for i, (*_, system) in enumerate(systems):
+            print(system.label, flush=True)
+            running = run.start(system, work)
+            try:
+                loadgen.run(binary, running.port, bodies, concurrency=8, duration=2)
+                measured[i].append(point(running))
+            finally:
+                run.stop(running)
+    else:
+        servers: list[run.Running] = []
         try:
-            loadgen.run(binary, running.port, bodies, concurrency=8, duration=2)
-            closed = run.measure(running, binary, concurrency=32, duration=args.duration)
-            fixed = run.measure(running, binary, rate=args.rate, duration=args.duration, **load)
+            for *_, system in systems:
+                servers.append(run.start(system, work))
+                loadgen.run(binary, servers[-1].port, bodies, concurrency=8, duration=2)
+            for round_ in range(args.repeat):
+                order = list(range(len(systems)))
+                for i in order if round_ % 2 == 0 else order[::-1]:
+                    print(f"round {round_ + 1}: {systems[i][3].label}", flush=True)
+                    measured[i].append(point(servers[i]))
         finally:
-            run.stop(running)
-        rows.append({"change": change, "settings": settings, "index": str(index), "closed_c32": closed,
-                     f"open_{args.rate:g}": fixed})  # fmt: skip
+            for running in servers:
+                run.stop(running)
+    for (change, settings, index, _), points in zip(systems, measured, strict=True):
+        closed = median_point([c for c, _ in points])
+        fixed = median_point([o for _, o in points])
+        row = {"change": change, "settings": settings, "index": str(index), "closed_c32": closed,
+               f"open_{args.rate:g}": fixed}  # fmt: skip
+        if args.repeat > 1:
+            row["rounds"] = [o for _, o in points]
+            row["closed_rounds"] = [c for c, _ in points]
+        rows.append(row)
     result = {"command": "python bench/serve/tune.py " + " ".join(sys.argv[1:]),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rate": args.rate, "burst": args.burst,
+              "repeat": max(args.repeat, 1),
               "duration_s": args.duration,
               "bundle": str(args.bundle), "base": args.base, "wall_s": round(time.monotonic() - t0, 1),
               "configs": rows}  # fmt: skip
     out.write_text(json.dumps(result, indent=1) + "\n")
     section = table(result, read_bundle_manifest(args.bundle).name)
-    run.update_readme(section, run.TUNE_BURST_BLOCK if burst else run.TUNE_BLOCK)
+    run.update_readme(section, f"serve-{out.stem}")  # serve-tuning, serve-tuning-burst, or after --out
     print(section)
 
 
