@@ -126,6 +126,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="Rounds, all servers up and measured in turn (medians).")
     p.add_argument("--out", type=Path, help="Default: tuning.json, or tuning-burst.json with --burst.")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     burst = args.burst > 1
     out = args.out or run.HERE / ("tuning-burst.json" if burst else "tuning.json")
     load = {"arrivals": "burst", "burst": args.burst} if burst else {"arrivals": "poisson"}
@@ -156,28 +158,21 @@ def main() -> None:
         return closed, run.measure(running, binary, rate=args.rate, duration=args.duration, **load)
 
     measured: list[list[tuple[dict, dict]]] = [[] for _ in systems]
-    if args.repeat <= 1:  # one server at a time
-        for i, (*_, system) in enumerate(systems):
-            print(system.label, flush=True)
-            running = run.start(system, work)
-            try:
-                loadgen.run(binary, running.port, bodies, concurrency=8, duration=2)
-                measured[i].append(point(running))
-            finally:
-                run.stop(running)
-    else:
-        servers: list[run.Running] = []
+    # one server at a time; with --repeat, all of them up at once, measured in turn
+    everyone = list(range(len(systems)))
+    groups = [[i] for i in everyone] if args.repeat == 1 else [everyone]
+    for group in groups:
+        servers: dict[int, run.Running] = {}
         try:
-            for *_, system in systems:
-                servers.append(run.start(system, work))
-                loadgen.run(binary, servers[-1].port, bodies, concurrency=8, duration=2)
+            for i in group:
+                print(systems[i][3].label, flush=True)
+                servers[i] = run.start(systems[i][3], work)
+                loadgen.run(binary, servers[i].port, bodies, concurrency=8, duration=2)
             for round_ in range(args.repeat):
-                order = list(range(len(systems)))
-                for i in order if round_ % 2 == 0 else order[::-1]:
-                    print(f"round {round_ + 1}: {systems[i][3].label}", flush=True)
+                for i in group if round_ % 2 == 0 else group[::-1]:
                     measured[i].append(point(servers[i]))
         finally:
-            for running in servers:
+            for running in servers.values():
                 run.stop(running)
     for (change, settings, index, _), points in zip(systems, measured, strict=True):
         closed = median_point([c for c, _ in points])
@@ -190,7 +185,7 @@ def main() -> None:
         rows.append(row)
     result = {"command": "python bench/serve/tune.py " + " ".join(sys.argv[1:]),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rate": args.rate, "burst": args.burst,
-              "repeat": max(args.repeat, 1),
+              "repeat": args.repeat,
               "duration_s": args.duration,
               "bundle": str(args.bundle), "base": args.base, "wall_s": round(time.monotonic() - t0, 1),
               "configs": rows}  # fmt: skip
