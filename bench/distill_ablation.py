@@ -41,6 +41,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ),
     ("… first 4 layers (the previous recipe's layer map)", ["distill.student.layers=4"]),
     ("… 3 sentences per doc (the previous text pool)", ["distill.sentences_per_doc=3"]),
+    ("… token table frozen", ["distill.student.freeze_embeddings=true"]),
 ]
 
 
@@ -55,24 +56,29 @@ def main() -> None:
     ap.add_argument("--index", type=Path, required=True, help="The teacher's index.")
     ap.add_argument("--profile", default="cpu", help="Profile whose [distill] recipe the variants start from.")
     ap.add_argument("--steps", type=int, default=0, help="Steps per variant (0: the profile's).")
+    ap.add_argument("--only", type=int, nargs="+", help="Run only these variants (row numbers from 0).")
     ap.add_argument("--work", type=Path, default=HERE.parent / ".cache" / "bench" / "distill_ablation")
     ap.add_argument("--labels", type=Path, help="Teacher-label cache to reuse (the pipeline's .work/teacher-queries).")
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "distill_ablation.json")
+    ap.add_argument("--json", type=Path, help="Results file (default: results/distill_ablation[-PROFILE].json).")
     ap.add_argument("--readme", action="store_true", help="Rewrite this benchmark's table in bench/README.md.")
     args = ap.parse_args()
+    args.json = args.json or HERE / "results" / f"{block_name(args.profile)}.json"
+    runtime = load_profile(args.profile).encode_runtime
 
     dataset = data_root() / "scifact"
     ds = load_dataset(dataset, ("test", "train"))
     teacher = {split: score(args.index, str(args.teacher), ds, split)["ndcg@10"] for split in ("test", "train")}
     rows, t0 = [], time.time()
     for i, (name, overrides) in enumerate(VARIANTS):
+        if args.only is not None and i not in args.only:
+            continue
         cfg = load_profile(args.profile, overrides=overrides).distill
         steps = args.steps or cfg.steps
         cfg = cfg.model_copy(update={"steps": steps, "eval_every": steps})
-        out, work = args.work / f"v{i}", args.work / f"w{i}"
+        out, work = args.work / args.profile / f"v{i}", args.work / args.profile / f"w{i}"
         started = time.time()
         distill(cfg, str(args.teacher), dataset, out, work=work, index=args.index,
-                progress=False, log=print, cache_dir=args.labels or args.work / "cache")  # fmt: skip
+                progress=False, log=print, cache_dir=args.labels or args.work / "cache", runtime=runtime)  # fmt: skip
         seconds = json.loads((out / "train.json").read_text())["train_seconds"]
         test, dev = score(args.index, str(out), ds, "test"), score(args.index, str(out), ds, "train")
         rows.append({
@@ -95,14 +101,22 @@ def main() -> None:
         write_readme(rows, meta, args)
 
 
+def block_name(profile: str) -> str:
+    """The README block and results file of one profile's ablation (the ``cpu`` one keeps the plain name)."""
+    return BLOCK if profile == "cpu" else f"{BLOCK}-{profile}"
+
+
 def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None:
     t = meta["teacher_ndcg@10"]
     lines = [
-        "## Distillation ablation (`bench/distill_ablation.py`)",
+        "## Distillation ablation (`bench/distill_ablation.py`)"
+        + ("" if args.profile == "cpu" else f", the `{args.profile}` recipe"),
         "",
         f"`python bench/distill_ablation.py --teacher {args.teacher} --index {args.index}"
+        + ("" if args.profile == "cpu" else f" --profile {args.profile}")
         + (f" --labels {args.labels}" if args.labels else "")
         + (f" --steps {args.steps}" if args.steps else "")
+        + (f" --only {' '.join(map(str, args.only))}" if args.only else "")
         + " --readme`"
         f" — {meta['machine']}, {meta['finished']}, {meta['seconds'] / 60:.0f} min. One teacher (SciFact test"
         f" nDCG@10 {t['test']:.4f}, train {t['train']:.4f}), {rows[0]['steps']} steps each, the same queries and"
@@ -116,7 +130,7 @@ def write_readme(rows: list[dict], meta: dict, args: argparse.Namespace) -> None
         f"{r['dev_ndcg@10']:.4f} | {r['dev_retention']:.1%} | {r['train_s']:.0f} |"
         for r in rows
     ]
-    replace_block(BLOCK, "\n".join(lines))
+    replace_block(block_name(args.profile), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from scalingnote.artifacts import (
     write_manifest,
 )
 from scalingnote.beir import Document, load_corpus, load_queries
+from scalingnote.choices import Runtime
 from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import ann_tuning, faiss_backend
 from scalingnote.index.docstore import DOCSTORE_FILE, write_docstore
@@ -49,6 +50,7 @@ from scalingnote.index.ray_build import RayOptions, embed_with_ray
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
 from scalingnote.paths import index_cache_root
 from scalingnote.specs import EncoderRef, doc_space, resolve
+from scalingnote.training.export.onnx_tower import OnnxTower, encoder_for
 
 
 def _fingerprint(docs: list[Document], parts: list[str]) -> str:
@@ -63,7 +65,7 @@ def work_dir(out: Path) -> Path:
 
 
 def _embed_chunk(
-    tower: Tower, chunk: list[Document], cache: EmbeddingCache | None, batch_size: int, dtype: Dtype
+    tower: Tower | OnnxTower, chunk: list[Document], cache: EmbeddingCache | None, batch_size: int, dtype: Dtype
 ) -> tuple[np.ndarray, int]:
     """The chunk's vectors and how many documents had to be embedded (the rest came from ``cache``)."""
     texts = [d.full_text for d in chunk]
@@ -77,7 +79,7 @@ def _embed_chunk(
 
 
 def embed_shards(
-    tower: Tower,
+    tower: Tower | OnnxTower,
     docs: list[Document],
     work: Path,
     key: str,
@@ -209,6 +211,7 @@ def build_index(
     recall_target: float | None = None,
     tune_queries: Path | None = None,
     bm25: bool = False,
+    runtime: Runtime = "torch",
 ) -> IndexManifest:
     """Embed ``dataset/corpus.jsonl`` with the doc side of ``doc_encoder`` and publish an index at ``out``
     (with ``bm25``, a BM25 index beside it, for the bm25 and hybrid modes).
@@ -216,7 +219,8 @@ def build_index(
     ``embed_cache``: the embedding cache root (vectors of unchanged texts are reused); ``previous_ids``: the
     documents of the version this one replaces, to count the dropped ones in the manifest; ``ray``: embed on
     Ray Data (:mod:`index.ray_build`) instead of in this process; ``recall_target``: choose the ANN search
-    parameters that reach this recall@10 on ``tune_queries`` (:mod:`index.ann_tuning`)."""
+    parameters that reach this recall@10 on ``tune_queries`` (:mod:`index.ann_tuning`); ``runtime``: ``onnx``
+    embeds on ONNX Runtime (fp32, checked against torch; :mod:`training.export.onnx_tower`)."""
     dataset, out = Path(dataset), Path(out)
     if not dataset.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset}")
@@ -229,12 +233,16 @@ def build_index(
         tower.set_max_length(max_length)
     enc = tower.meta.encoder
     embedding = [space.sha256, enc.model_dump_json(), str(tower.resolve_dtype(dtype))]  # what a vector depends on
+    embedding += [runtime] if runtime != "torch" else []
     key = _fingerprint(docs, [*embedding, str(shard_size)])
     work = work_dir(out)
     tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
     cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key)
     if ray is None:
-        vectors, embedded = embed_shards(tower, docs, work, key, shard_size, batch_size, dtype, progress, cache)
+        encoder = encoder_for(tower, runtime)
+        vectors, embedded = embed_shards(encoder, docs, work, key, shard_size, batch_size, dtype, progress, cache)
+    elif runtime != "torch":
+        raise UserError("the onnx runtime embeds in this process: leave out --engine ray, or use --runtime torch")
     else:
         sizes = (batch_size, shard_size)
         vectors, embedded = _embed_on_ray(dataset, docs, ref, tower, dtype, cache, work, ray, sizes, progress)
@@ -269,6 +277,7 @@ def cached_index(
     space, encoder = doc_space(ref), doc_encoder_config(ref, max_length)
     parts = [space.sha256, encoder.model_dump_json(), sha256_file(dataset / "corpus.jsonl")]
     parts += [str(build_kwargs.get(name, default)) for name, default in (("factory", "Flat"), ("dtype", "auto"))]
+    parts += [] if build_kwargs.get("runtime", "torch") == "torch" else [str(build_kwargs["runtime"])]
     parts += [DOCSTORE_FILE]  # the layout: the files it holds
     key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
     cached = index_cache_root() / key

@@ -66,7 +66,8 @@ def towers_command(
     prof = _profile(profile, profile_file, overrides, max_steps)
     pseudo = read_cache(pseudo_queries) if pseudo_queries else None
     ds = _dataset(prof, dataset)
-    train_towers(prof.towers, ds, out, work=_work(out, work), pseudo=pseudo, resume=resume, log=typer.echo)
+    options = {"pseudo": pseudo, "resume": resume, "log": typer.echo, "runtime": prof.encode_runtime}
+    train_towers(prof.towers, ds, out, work=_work(out, work), **options)
     typer.echo(f"teacher -> {out}")
 
 
@@ -87,7 +88,8 @@ def distill_command(
     from scalingnote.training.distill import distill
 
     prof = _profile(profile, profile_file, overrides, max_steps, max_queries)
-    distill(prof.distill, teacher, _dataset(prof, dataset), out, work=_work(out, work), index=index, log=typer.echo)
+    ds, runtime = _dataset(prof, dataset), prof.encode_runtime
+    distill(prof.distill, teacher, ds, out, work=_work(out, work), index=index, log=typer.echo, runtime=runtime)
     typer.echo(f"student -> {out}")
 
 
@@ -108,7 +110,8 @@ def end2end_command(
 
     prof = _profile(profile, profile_file, overrides, max_steps)
     cfg = prof.end2end or small_dual(prof.towers, prof.distill.student)
-    train_towers(cfg, _dataset(prof, dataset), out, work=_work(out, work), resume=resume, log=typer.echo)
+    ds, runtime = _dataset(prof, dataset), prof.encode_runtime
+    train_towers(cfg, ds, out, work=_work(out, work), resume=resume, log=typer.echo, runtime=runtime)
     typer.echo(f"end-to-end dual tower -> {out} (index it: scalingnote index build --doc-encoder {out} ...)")
 
 

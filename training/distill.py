@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scalingnote.artifacts import EncoderConfig, staging_dir, weights_sha256
 from scalingnote.beir import load_dataset, load_queries
+from scalingnote.choices import Runtime
 from scalingnote.errors import UserError
 from scalingnote.evaluation.metrics import overlap_at_k
 from scalingnote.index.store import LoadedIndex
@@ -29,6 +30,7 @@ from scalingnote.modeling.student import build_student, fit_projection, make_sta
 from scalingnote.modeling.tower import Tower, default_encoder_config, freeze_input_embeddings
 from scalingnote.paths import data_root
 from scalingnote.specs import EncoderRef, query_space, resolve
+from scalingnote.training.export.onnx_tower import encoder_for
 from scalingnote.training.loop import (
     LoopConfig,
     bucketed_batch,
@@ -159,13 +161,17 @@ def top_docs(queries: np.ndarray, docs: np.ndarray, k: int, chunk: int = 2048) -
     return np.concatenate(parts)
 
 
-def teacher_embeddings(ref: EncoderRef, queries: list[str], cache_dir: Path, progress: bool) -> np.ndarray:
-    """The teacher query tower's embeddings of ``queries``, cached by (teacher weights, queries)."""
+def teacher_embeddings(
+    ref: EncoderRef, queries: list[str], cache_dir: Path, progress: bool, runtime: Runtime = "torch"
+) -> np.ndarray:
+    """The teacher query tower's embeddings of ``queries`` (computed by ``runtime``), cached by (teacher weights,
+    queries)."""
     teacher_query = ref.tower_path("query")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"teacher-{fingerprint(weights_sha256(teacher_query), queries)}.npy"
+    key = [weights_sha256(teacher_query), queries] + ([runtime] if runtime != "torch" else [])
+    cache = cache_dir / f"teacher-{fingerprint(*key)}.npy"
     if not cache.is_file():
-        tower = Tower.from_pretrained(teacher_query, ident=ref.id)
+        tower = encoder_for(Tower.from_pretrained(teacher_query, ident=ref.id), runtime)
         vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, vecs)
@@ -217,11 +223,12 @@ def distill(
     cache_dir: Path | None = None,
     progress: bool = True,
     log=print,
+    runtime: Runtime = "torch",
 ) -> Path:
     """Distil ``teacher``'s query tower into a student published at ``out`` (resumes from ``work``).
 
-    The teacher's query embeddings are cached in ``cache_dir`` (default ``work``), keyed by the teacher's
-    weights and the queries, so students of one teacher share them."""
+    The teacher's query embeddings (computed by ``runtime``) are cached in ``cache_dir`` (default ``work``),
+    keyed by the teacher's weights and the queries, so students of one teacher share them."""
     torch.manual_seed(cfg.seed)
     ref = resolve(teacher)
     space = query_space(ref)
@@ -229,7 +236,7 @@ def distill(
     heldout, train = queries[: cfg.heldout], queries[cfg.heldout :]
     key = fingerprint("distill", cfg.model_dump(), space.model_dump(), queries)
     work.mkdir(parents=True, exist_ok=True)
-    targets = teacher_embeddings(ref, queries, cache_dir or work, progress)
+    targets = teacher_embeddings(ref, queries, cache_dir or work, progress, runtime)
     held_t, train_t = targets[: cfg.heldout], torch.from_numpy(targets[cfg.heldout :])
     log(f"stage 2: {len(train)} distillation queries ({len(heldout)} held out), teacher {ref.id}")
     student = new_student(cfg.student, ident=f"student-{key[:8]}", dim=space.dim, teacher_query=ref.tower_path("query"))

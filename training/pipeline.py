@@ -110,6 +110,11 @@ class Run:
     progress: bool
     log: Callable[[str], None]
 
+    @property
+    def runtime_key(self) -> list[str]:
+        """What stage keys add for a non-default ``encode_runtime`` (so that switching it reruns those stages)."""
+        return [] if self.profile.encode_runtime == "torch" else [self.profile.encode_runtime]
+
     @cached_property
     def data_key(self) -> str:
         return fingerprint(str(self.dataset), (self.dataset / "corpus.jsonl").stat().st_size)
@@ -140,9 +145,8 @@ class Run:
         work = self.lay.work / out.name
         if distributed and self.profile.nproc > 1:
             return lambda: self._towers_distributed(out, work)
-        return lambda: train_towers(
-            cfg, self.dataset, out, work=work, pseudo=self.pseudo(), progress=self.progress, log=self.log
-        )
+        options = {"progress": self.progress, "log": self.log, "runtime": self.profile.encode_runtime}
+        return lambda: train_towers(cfg, self.dataset, out, work=work, pseudo=self.pseudo(), **options)
 
     def _towers_distributed(self, out: Path, work: Path) -> None:
         """Stage 1 on ``nproc`` ranks: ``torchrun`` re-enters ``scalingnote train towers`` with this profile."""
@@ -165,6 +169,7 @@ class Run:
 
         build = cached_index if cached else build_index
         options = {"max_length": max_length, "batch_size": self.profile.index_batch_size, "bm25": bm25}
+        options |= {"runtime": self.profile.encode_runtime}
         return lambda: build(self.dataset, encoder, out, progress=self.progress, **options)
 
     def export(self, model: Path, bundle: Path, int8: bool, index: Path) -> Callable[[], object]:
@@ -201,6 +206,7 @@ class Run:
             cache_dir=lay.work / "teacher-queries",
             progress=self.progress,
             log=self.log,
+            runtime=self.profile.encode_runtime,
         )
 
     def finetune(self) -> None:
@@ -225,11 +231,11 @@ def teacher_stages(run: Run, teacher: str, cfg) -> list[Stage]:
     train = run.towers(cfg, out, distributed=True)
     bundle = lay.teacher_bundle(teacher)
     return [
-        Stage(teacher, out, [cfg.model_dump(), run.data_key], train, d2q),
+        Stage(teacher, out, [cfg.model_dump(), run.data_key, *run.runtime_key], train, d2q),
         Stage(
             index.name,
             index,
-            "index+bm25",
+            ["index+bm25", *run.runtime_key] if run.runtime_key else "index+bm25",
             run.index(str(out), index, cached=cfg.doc_tower == "frozen", bm25=True),
             (teacher,),
         ),
@@ -243,7 +249,8 @@ def student_stages(run: Run, teacher: str) -> list[Stage]:
     stages = []
     for name, cfg in run.profile.students(teacher):
         student, bundle = lay.student_dir(name), lay.bundle_dir(name)
-        stages.append(Stage(name, student, cfg.model_dump(), run.student(name, cfg, teacher), (index.name,)))
+        key = [cfg.model_dump(), *run.runtime_key] if run.runtime_key else cfg.model_dump()
+        stages.append(Stage(name, student, key, run.student(name, cfg, teacher), (index.name,)))
         export_fn = run.export(student, bundle, export.int8, index)
         stages.append(Stage(bundle.name, bundle, export.model_dump(), export_fn, (name,)))
     return stages
@@ -262,7 +269,7 @@ def baseline_stages(run: Run) -> list[Stage]:
         stages.append(Stage("finetune", lay.finetune, p.finetune.model_dump(), run.finetune, ("teacher-index",)))
     for encoder in p.baseline_encoders():
         out = lay.baseline_index(encoder)
-        key = [encoder, p.baseline_max_length, run.data_key]
+        key = [encoder, p.baseline_max_length, run.data_key, *run.runtime_key]
         index = run.index(encoder, out, cached=True, max_length=p.baseline_max_length)
         stages.append(Stage(out.name.removesuffix("-index"), out, key, index))
     return stages

@@ -53,6 +53,7 @@ def header(run, done, wall_s: float, load, n_queries: int) -> list[str]:
         f"- machine: {os.cpu_count()} CPU(s), {cpu_model()}; load average {load[0]:.1f} at start, {load[1]:.1f} at end",
         f"- finished {now_iso()}; wall time of this run **{wall_s / 60:.1f} min**; "
         f"sum of stage times {sum(done.seconds.values()) / 60:.1f} min" + skipped,
+        f"- encode-only passes (index builds, teacher labels) on `{run.profile.encode_runtime}`",
         "",
     ]
 
@@ -75,7 +76,8 @@ def results(rows: list[Row], threads: int, search: dict) -> list[str]:
         *lines,
         "",
         f"Latency: query encoding, one query at a time (batch 1), {threads} thread(s) for torch and ONNX Runtime,"
-        " median and p99 over the test queries (tokenisation included). The exact top-100 FAISS search of the"
+        " median and p99 over the test queries (tokenisation included), each the median of rounds in which every"
+        " system is timed in turn (every other round in reverse order). The exact top-100 FAISS search of the"
         f" teacher index adds {search['p50_ms']:.2f} ms p50 / {search['p99_ms']:.2f} ms p99 ({threads} thread(s)).",
         "Query params: weights of the query-side encoder (the doc tower and index are shared by the teacher and"
         " its students).",

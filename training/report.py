@@ -20,6 +20,8 @@ from scalingnote.evaluation.metrics import evaluate
 from scalingnote.training.render import render
 from scalingnote.training.rows import Row, fastest, find, label
 
+LATENCY_ROUNDS = 3  # each row's latency: the median of its rounds' p50 (and p99)
+
 
 def _depth(layers: int | list[int] | None) -> int | None:
     return layers if layers is None or isinstance(layers, int) else len(layers)
@@ -78,9 +80,14 @@ def measure(run) -> list[Row]:
         variant = "fp32" if row.variant == "torch" else row.variant
         row.metrics = evaluate(qrels, dense_run(Path(row.index), row.encoder, queries, variant=variant)[0])
         run.log(f"[report] {label(row, ladder)}: nDCG@10 {row.metrics['ndcg@10']:.4f}")
-    for row in rows:
-        enc = load_timed(row.encoder, "fp32" if row.variant == "torch" else row.variant, run.profile.latency_threads)
-        row.latency = time_queries(enc.encode, list(queries.values()), batch_size=1)
+    threads = run.profile.latency_threads
+    timed = [load_timed(row.encoder, "fp32" if row.variant == "torch" else row.variant, threads) for row in rows]
+    rounds: list[list[dict[str, float]]] = [[] for _ in rows]
+    for r in range(LATENCY_ROUNDS):  # interleaved, every other round in reverse: a noisy moment hits every row
+        for i in range(len(rows)) if r % 2 == 0 else reversed(range(len(rows))):
+            rounds[i].append(time_queries(timed[i].encode, list(queries.values()), batch_size=1))
+    for row, enc, got in zip(rows, timed, rounds, strict=True):
+        row.latency = {k: float(np.median([g[k] for g in got])) for k in got[0]} | {"rounds": len(got)}
         row.params, row.engine = enc.params, enc.engine
     rows = [bm25, *rows, *hybrid_rows(rows, queries, qrels, ds.corpus)]
     for row in rows:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scalingnote.artifacts import EncoderConfig, Pooling, staging_dir
 from scalingnote.beir import BeirDataset, load_dataset
+from scalingnote.choices import Runtime
 from scalingnote.errors import UserError
 from scalingnote.index.store import LoadedIndex
 from scalingnote.modeling.dual import DualTower
@@ -157,9 +158,10 @@ def train_query_side(
     progress: bool = True,
     resume=True,
     log=print,
+    runtime: Runtime = "torch",
 ) -> Path:
     """Stage 1 with a frozen doc tower (``cfg.doc_tower == "frozen"``): InfoNCE of the query tower over every
-    doc vector of the backbone's own index (built once, or found in the index cache)."""
+    doc vector of the backbone's own index (built once with ``runtime``, or found in the index cache)."""
     from scalingnote.index.build import cached_index
 
     if cfg.doc_prefix or cfg.layers is not None or cfg.shared or cfg.pooling is not None:
@@ -167,9 +169,8 @@ def train_query_side(
     torch.manual_seed(cfg.seed)
     ds = load_dataset(dataset, (cfg.split,))
     examples = training_examples(cfg.model_copy(update={"negatives": 0}), ds, pseudo)
-    doc_index = LoadedIndex.load(
-        cached_index(dataset, cfg.backbone, work / "doc-index", cfg.doc_max_length) and work / "doc-index"
-    )
+    cached_index(dataset, cfg.backbone, work / "doc-index", cfg.doc_max_length, runtime=runtime)
+    doc_index = LoadedIndex.load(work / "doc-index")
     pairs = CorpusPairs.build(examples, doc_index.ids)
     docs = torch.from_numpy(doc_index.vectors())
     key = fingerprint("towers-query-side", cfg.model_dump(), str(Path(dataset).resolve()), len(pairs))
@@ -217,10 +218,13 @@ def train_towers(
     progress: bool = True,
     resume: bool = True,
     log=print,
+    runtime: Runtime = "torch",
 ) -> Path:
-    """Train a dual tower from ``cfg.backbone`` and publish it at ``out`` (resumes from ``work`` unless told not)."""
+    """Train a dual tower from ``cfg.backbone`` and publish it at ``out`` (resumes from ``work`` unless told not);
+    ``runtime``: what builds a frozen doc tower's index."""
     if cfg.doc_tower == "frozen":
-        return train_query_side(cfg, dataset, out, work=work, pseudo=pseudo, progress=progress, resume=resume, log=log)
+        kwargs = {"pseudo": pseudo, "progress": progress, "resume": resume, "log": log, "runtime": runtime}
+        return train_query_side(cfg, dataset, out, work=work, **kwargs)
     rank, size, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     if cfg.batch_size % (size * cfg.accumulation):

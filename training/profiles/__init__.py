@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scalingnote.choices import Runtime
 from scalingnote.errors import UserError, validation_message
 from scalingnote.training.distill import TEACHER, DistillConfig, StudentConfig
 from scalingnote.training.doc2query import Doc2QueryConfig
@@ -67,6 +68,7 @@ class Profile(BaseModel):
     extra_teachers: dict[str, TowerConfig] = {}
     nproc: int = 1
     index_batch_size: int = 64
+    encode_runtime: Runtime = "torch"  # what runs the encode-only passes: index builds and the teacher's labels
     distill: DistillConfig
     extra_students: list[int | list[int] | Tier] = []
     end2end: TowerConfig | None = None
