@@ -1,9 +1,9 @@
 """Pipeline profiles: every hyper-parameter of a run, as a TOML file validated by :class:`Profile`.
 
-The built-in profiles are the ``*.toml`` files next to this module (``demo``, ``cpu``, ``cpu-llm``, ``gpu``);
-a user's own file works the same way (``--profile-file``), and ``--set a.b=value`` overrides any field of
-either. The distillation loss of every built-in profile is the paper's, MSE + λ·(1 − cos) on query
-embeddings only (``kl_weight`` = 0).
+The built-in profiles are the ``*.toml`` files next to this module (``demo``, ``cpu``, ``cpu-scale``,
+``cpu-llm``, ``gpu``); a user's own file works the same way (``--profile-file``), and ``--set a.b=value``
+overrides any field of either. The distillation loss is the paper's, MSE + λ·(1 − cos) on query embeddings,
+plus, where a profile sets ``kl_weight``, the ranking term (an extension the distillation ablation measures).
 """
 
 from __future__ import annotations
