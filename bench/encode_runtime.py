@@ -24,11 +24,11 @@ import torch
 from readme_block import replace_block
 
 from scalingnote.beir import load_corpus
+from scalingnote.modeling.onnx_tower import OnnxTower
 from scalingnote.modeling.tower import Tower
 from scalingnote.paths import data_root
 from scalingnote.specs import resolve
 from scalingnote.training.distill import DistillConfig, distillation_queries
-from scalingnote.training.export.onnx_tower import OnnxTower
 
 HERE = Path(__file__).parent
 BLOCK = "encode_runtime"

@@ -47,10 +47,10 @@ from scalingnote.index.docstore import DOCSTORE_FILE, write_docstore
 from scalingnote.index.embed_cache import EmbeddingCache, text_hash
 from scalingnote.index.lexical import Lexical
 from scalingnote.index.ray_build import RayOptions, embed_with_ray
+from scalingnote.modeling.onnx_tower import OnnxTower, encoder_for
 from scalingnote.modeling.tower import Dtype, Tower, default_encoder_config
 from scalingnote.paths import index_cache_root
 from scalingnote.specs import EncoderRef, doc_space, resolve
-from scalingnote.training.export.onnx_tower import OnnxTower, encoder_for
 
 
 def _fingerprint(docs: list[Document], parts: list[str]) -> str:
@@ -137,6 +137,30 @@ def _embed_on_ray(
     return embed_with_ray(corpus, docs, path, ref.id, length, resolved, cache, work, *sizes, options, progress)
 
 
+def _embed(
+    dataset: Path,
+    docs: list[Document],
+    ref: EncoderRef,
+    tower: Tower,
+    work: Path,
+    key: str,
+    cache: EmbeddingCache | None,
+    *,
+    ray: RayOptions | None,
+    runtime: Runtime,
+    dtype: Dtype,
+    sizes: tuple[int, int],
+    progress: bool,
+) -> tuple[np.ndarray, int]:
+    """The corpus's vectors and how many were embedded: in this process (on ``runtime``), or on Ray (torch)."""
+    if ray is None:
+        encoder = encoder_for(tower, runtime)
+        return embed_shards(encoder, docs, work, key, sizes[1], sizes[0], dtype, progress, cache)
+    if runtime != "torch":
+        raise UserError("the onnx runtime embeds in this process: leave out --engine ray, or use --runtime torch")
+    return _embed_on_ray(dataset, docs, ref, tower, dtype, cache, work, ray, sizes, progress)
+
+
 def _tuning_queries(
     dataset: Path, ref: EncoderRef, doc_tower: Tower, path: Path | None, vectors: np.ndarray, dtype: Dtype
 ) -> tuple[np.ndarray, str]:
@@ -220,7 +244,7 @@ def build_index(
     documents of the version this one replaces, to count the dropped ones in the manifest; ``ray``: embed on
     Ray Data (:mod:`index.ray_build`) instead of in this process; ``recall_target``: choose the ANN search
     parameters that reach this recall@10 on ``tune_queries`` (:mod:`index.ann_tuning`); ``runtime``: ``onnx``
-    embeds on ONNX Runtime (fp32, checked against torch; :mod:`training.export.onnx_tower`)."""
+    embeds on ONNX Runtime (fp32, checked against torch; :mod:`modeling.onnx_tower`)."""
     dataset, out = Path(dataset), Path(out)
     if not dataset.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset}")
@@ -238,14 +262,8 @@ def build_index(
     work = work_dir(out)
     tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
     cache = None if embed_cache is None else EmbeddingCache(embed_cache, tower_key)
-    if ray is None:
-        encoder = encoder_for(tower, runtime)
-        vectors, embedded = embed_shards(encoder, docs, work, key, shard_size, batch_size, dtype, progress, cache)
-    elif runtime != "torch":
-        raise UserError("the onnx runtime embeds in this process: leave out --engine ray, or use --runtime torch")
-    else:
-        sizes = (batch_size, shard_size)
-        vectors, embedded = _embed_on_ray(dataset, docs, ref, tower, dtype, cache, work, ray, sizes, progress)
+    how = {"ray": ray, "runtime": runtime, "dtype": dtype, "sizes": (batch_size, shard_size), "progress": progress}
+    vectors, embedded = _embed(dataset, docs, ref, tower, work, key, cache, **how)
     counts = VectorCounts(
         embedded=embedded,
         reused=len(docs) - embedded,

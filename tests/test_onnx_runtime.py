@@ -9,12 +9,12 @@ from scalingnote.errors import UserError
 from scalingnote.index.build import build_index, cached_index
 from scalingnote.index.ray_build import RayOptions
 from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling import onnx_tower
+from scalingnote.modeling.onnx_tower import OnnxTower
 from scalingnote.modeling.tower import Tower
 from scalingnote.paths import index_cache_root
 from scalingnote.specs import resolve
 from scalingnote.training.distill import teacher_embeddings
-from scalingnote.training.export import onnx_tower
-from scalingnote.training.export.onnx_tower import OnnxTower
 from scalingnote.training.profiles import load_profile
 
 TEXTS = ["short", "a query of a few more words", "a much longer text " * 12, "b", "another query here"]

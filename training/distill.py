@@ -26,11 +26,11 @@ from scalingnote.errors import UserError
 from scalingnote.evaluation.metrics import overlap_at_k
 from scalingnote.index.store import LoadedIndex
 from scalingnote.modeling.losses import EmbeddingDistill, ScoreDistill
+from scalingnote.modeling.onnx_tower import encoder_for
 from scalingnote.modeling.student import build_student, fit_projection, make_static, pooled_features
 from scalingnote.modeling.tower import Tower, default_encoder_config, freeze_input_embeddings
 from scalingnote.paths import data_root
 from scalingnote.specs import EncoderRef, query_space, resolve
-from scalingnote.training.export.onnx_tower import encoder_for
 from scalingnote.training.loop import (
     LoopConfig,
     bucketed_batch,

@@ -23,12 +23,13 @@ from scalingnote.artifacts import (
 )
 from scalingnote.errors import UserError
 from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.onnx_graph import export_onnx
 from scalingnote.modeling.tower import Tower
 from scalingnote.runtime.device import cuda_available
 from scalingnote.runtime.tokenization import copy_sidecars
 from scalingnote.specs import query_space, resolve
 from scalingnote.training.export.gates import ExportError, parity
-from scalingnote.training.export.graph import export_onnx, weight_matmuls
+from scalingnote.training.export.graph import weight_matmuls
 from scalingnote.training.export.quantize import try_fp16, try_int8
 from scalingnote.training.export.staged import StagedBundle
 

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from scalingnote.index.store import LoadedIndex
+from scalingnote.modeling.onnx_graph import export_onnx
 from scalingnote.modeling.tower import Tower
 from scalingnote.training.export.gates import latency_ratio, top10_overlap
-from scalingnote.training.export.graph import export_onnx, ffn_matmuls, ffn_output_matmuls, weight_matmuls
+from scalingnote.training.export.graph import ffn_matmuls, ffn_output_matmuls, weight_matmuls
 from scalingnote.training.export.staged import StagedBundle
 
 SMOOTH_ALPHA = 0.85  # migration strength: 0.5 (the SmoothQuant default) hurt here, 0.85-0.95 helped

@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from scalingnote.choices import Dtype, Runtime
 from scalingnote.errors import UserError
+from scalingnote.modeling.onnx_graph import export_onnx
 from scalingnote.modeling.tower import Tower
 from scalingnote.runtime.bundle import OUTPUT_NAME, make_session
 from scalingnote.runtime.tokenization import length_sorted_batches, pad_encodings
-from scalingnote.training.export.graph import export_onnx
 
 PROBES = (
     "a short query",
