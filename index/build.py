@@ -40,7 +40,7 @@ from scalingnote.artifacts import (
     write_manifest,
 )
 from scalingnote.beir import Document, load_corpus, load_queries
-from scalingnote.choices import Runtime
+from scalingnote.choices import Runtime, runtime_key
 from scalingnote.errors import DatasetError, UserError
 from scalingnote.index import ann_tuning, faiss_backend
 from scalingnote.index.docstore import DOCSTORE_FILE, write_docstore
@@ -257,7 +257,7 @@ def build_index(
         tower.set_max_length(max_length)
     enc = tower.meta.encoder
     embedding = [space.sha256, enc.model_dump_json(), str(tower.resolve_dtype(dtype))]  # what a vector depends on
-    embedding += [runtime] if runtime != "torch" else []
+    embedding += runtime_key(runtime)
     key = _fingerprint(docs, [*embedding, str(shard_size)])
     work = work_dir(out)
     tower_key = hashlib.sha256("\x1f".join(embedding).encode()).hexdigest()[:24]
@@ -295,7 +295,7 @@ def cached_index(
     space, encoder = doc_space(ref), doc_encoder_config(ref, max_length)
     parts = [space.sha256, encoder.model_dump_json(), sha256_file(dataset / "corpus.jsonl")]
     parts += [str(build_kwargs.get(name, default)) for name, default in (("factory", "Flat"), ("dtype", "auto"))]
-    parts += [] if build_kwargs.get("runtime", "torch") == "torch" else [str(build_kwargs["runtime"])]
+    parts += runtime_key(build_kwargs.get("runtime", "torch"))  # type: ignore[arg-type]
     parts += [DOCSTORE_FILE]  # the layout: the files it holds
     key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
     cached = index_cache_root() / key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +33,25 @@ MIN_PARITY = 0.9999  # least cosine between ONNX Runtime's and torch's fp32 vect
 
 
 class OnnxTower:
-    """``tower``'s :meth:`Tower.encode` on ONNX Runtime (fp32, ``threads``: torch's thread count by default)."""
+    """``tower``'s :meth:`Tower.encode` on ONNX Runtime (fp32, ``threads``: torch's thread count by default).
+
+    The graph is traced and checked on first use, so a build whose vectors all come from a cache pays nothing."""
 
     def __init__(self, tower: Tower, threads: int | None = None):
         self.tower = tower.eval()
+        self.threads = threads or torch.get_num_threads()
+
+    @cached_property
+    def session(self):
+        """The checked ONNX Runtime session of the traced tower."""
         with tempfile.TemporaryDirectory(prefix="scalingnote-onnx-") as tmp:
             path = Path(tmp) / "tower.onnx"
-            export_onnx(tower, path)
-            self.session = make_session(path, threads or torch.get_num_threads())
-        cos = (self._encode(PROBES, len(PROBES)) * tower.encode(PROBES, dtype="fp32")).sum(1)
+            export_onnx(self.tower, path)
+            session = make_session(path, self.threads)
+        cos = (self._run(session, PROBES, len(PROBES)) * self.tower.encode(PROBES, dtype="fp32")).sum(1)
         if cos.min() < MIN_PARITY:
-            raise UserError(f"ONNX Runtime differs from torch on {tower.meta.id} (cosine {cos.min():.6f}): use torch")
+            raise UserError(f"ONNX Runtime differs from torch on {self.meta.id} (cosine {cos.min():.6f}): use torch")
+        return session
 
     @property
     def meta(self):
@@ -63,15 +72,17 @@ class OnnxTower:
         """Like :meth:`Tower.encode`, always in fp32 (``dtype`` bf16 is refused)."""
         if self.tower.resolve_dtype(dtype) != torch.float32:
             raise UserError("the onnx runtime encodes in fp32 only: use dtype fp32 or auto, or the torch runtime")
-        return self._encode(texts, batch_size, progress, desc)
+        return self._run(self.session, texts, batch_size, progress, desc)
 
-    def _encode(self, texts: Sequence[str], batch_size: int, progress: bool = False, desc: str = "") -> np.ndarray:
+    def _run(
+        self, session, texts: Sequence[str], batch_size: int, progress: bool = False, desc: str = ""
+    ) -> np.ndarray:
         encodings = self.tower.tokenize(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
             for idx in length_sorted_batches(encodings, batch_size):
                 ids, mask = pad_encodings([encodings[i] for i in idx], self.tower.pad_id)
-                out[idx] = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+                out[idx] = session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
                 bar.update(len(idx))
         return out
 

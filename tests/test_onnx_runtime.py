@@ -31,8 +31,9 @@ def test_onnx_tower_gives_torchs_vectors_in_fp32_only(tiny_model: Path) -> None:
 
 def test_onnx_tower_is_refused_when_it_differs_from_torch(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_tower, "MIN_PARITY", 1.5)  # no cosine reaches it
+    encoder = OnnxTower(Tower.from_pretrained(tiny_model))  # traced and checked on first use
     with pytest.raises(UserError, match="ONNX Runtime differs from torch"):
-        OnnxTower(Tower.from_pretrained(tiny_model))
+        encoder.encode(TEXTS)
 
 
 def test_an_onnx_built_index_holds_torchs_vectors_and_is_cached_apart(

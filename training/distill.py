@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scalingnote.artifacts import EncoderConfig, staging_dir, weights_sha256
 from scalingnote.beir import load_dataset, load_queries
-from scalingnote.choices import Runtime
+from scalingnote.choices import Runtime, runtime_key
 from scalingnote.errors import UserError
 from scalingnote.evaluation.metrics import overlap_at_k
 from scalingnote.index.store import LoadedIndex
@@ -168,8 +168,7 @@ def teacher_embeddings(
     queries)."""
     teacher_query = ref.tower_path("query")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = [weights_sha256(teacher_query), queries] + ([runtime] if runtime != "torch" else [])
-    cache = cache_dir / f"teacher-{fingerprint(*key)}.npy"
+    cache = cache_dir / f"teacher-{fingerprint(weights_sha256(teacher_query), queries, *runtime_key(runtime))}.npy"
     if not cache.is_file():
         tower = encoder_for(Tower.from_pretrained(teacher_query, ident=ref.id), runtime)
         vecs = tower.encode(queries, batch_size=64, progress=progress, desc="teacher queries")

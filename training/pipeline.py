@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from scalingnote.choices import runtime_key
 from scalingnote.paths import data_root
 from scalingnote.training.loop import fingerprint
 from scalingnote.training.profiles import Profile, profile_toml
@@ -113,7 +114,11 @@ class Run:
     @property
     def runtime_key(self) -> list[str]:
         """What stage keys add for a non-default ``encode_runtime`` (so that switching it reruns those stages)."""
-        return [] if self.profile.encode_runtime == "torch" else [self.profile.encode_runtime]
+        return runtime_key(self.profile.encode_runtime)
+
+    def keyed(self, config: object) -> object:
+        """A stage's ``config`` with :attr:`runtime_key` added; ``config`` itself under torch (keys unchanged)."""
+        return [config, *self.runtime_key] if self.runtime_key else config
 
     @cached_property
     def data_key(self) -> str:
@@ -235,7 +240,7 @@ def teacher_stages(run: Run, teacher: str, cfg) -> list[Stage]:
         Stage(
             index.name,
             index,
-            ["index+bm25", *run.runtime_key] if run.runtime_key else "index+bm25",
+            run.keyed("index+bm25"),
             run.index(str(out), index, cached=cfg.doc_tower == "frozen", bm25=True),
             (teacher,),
         ),
@@ -249,8 +254,7 @@ def student_stages(run: Run, teacher: str) -> list[Stage]:
     stages = []
     for name, cfg in run.profile.students(teacher):
         student, bundle = lay.student_dir(name), lay.bundle_dir(name)
-        key = [cfg.model_dump(), *run.runtime_key] if run.runtime_key else cfg.model_dump()
-        stages.append(Stage(name, student, key, run.student(name, cfg, teacher), (index.name,)))
+        stages.append(Stage(name, student, run.keyed(cfg.model_dump()), run.student(name, cfg, teacher), (index.name,)))
         export_fn = run.export(student, bundle, export.int8, index)
         stages.append(Stage(bundle.name, bundle, export.model_dump(), export_fn, (name,)))
     return stages
